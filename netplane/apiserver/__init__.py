@@ -1,0 +1,1 @@
+"""The embedded Kubernetes API server (a subset): see netplane/apiserver/README.md."""

@@ -1,0 +1,121 @@
+"""The `netplane` command line.
+
+Each subcommand is declared here (name, help, arguments) and implemented by a `run(args)` function
+in its own module, imported only when that subcommand runs: `netplane --help` stays fast and no
+component does work at import time. This is the only module that prints for the user; everything
+else logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from netplane import __version__
+
+# name -> (module implementing run(args), one-line help, argument adder)
+_Adder = Callable[[argparse.ArgumentParser], None]
+
+
+def _add_apiserver(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep objects and resourceVersions in DIR/state.sqlite across restarts "
+        "(default: in memory)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="ADDR:PORT",
+        action="append",
+        default=[],
+        help="address to serve on; repeatable (default: 127.0.0.1:6443). Port 0 picks a free port",
+    )
+    p.add_argument(
+        "--service-cidr",
+        metavar="CIDR",
+        default="10.96.0.0/12",
+        help="range Service ClusterIPs are allocated from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--node-port-range",
+        metavar="LOW-HIGH",
+        default="30000-32767",
+        help="range NodePorts are allocated from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--write-kubeconfig",
+        metavar="FILE",
+        help="write a kubeconfig for kubectl and the Python clients once serving",
+    )
+    p.add_argument(
+        "--history",
+        metavar="N",
+        type=int,
+        default=100_000,
+        help="watch events kept for resuming watches; older resourceVersions get 410 Gone "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--bookmark-interval",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="how often watches with allowWatchBookmarks receive a BOOKMARK (default: %(default)s)",
+    )
+
+
+_COMMANDS: dict[str, tuple[str, str, _Adder]] = {
+    "apiserver": (
+        "netplane.apiserver.main",
+        "run the embedded Kubernetes API server (a subset, enough for kubectl and netplane)",
+        _add_apiserver,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netplane",
+        description="Kubernetes networking data plane: CNI, kube-proxy replacement, cluster DNS.",
+    )
+    parser.add_argument("--version", action="version", version=f"netplane {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text, add_args) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO
+    if args.verbose >= 2:
+        level = logging.DEBUG
+    # Servers announce readiness through logging, so INFO is the floor for long-running commands.
+    if args.command in {"apiserver"}:
+        level = min(level, logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    run = importlib.import_module(args._module).run
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI is the one place that turns errors into text for the user
+        from netplane.errors import NetplaneError
+
+        if isinstance(exc, NetplaneError):
+            print(f"netplane {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
