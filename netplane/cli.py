@@ -68,12 +68,48 @@ def _add_apiserver(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", metavar="NAME",
+                   help="sandbox cluster name (default: the only running cluster)")
+
+
+def _add_up(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topology", nargs="?", metavar="FILE",
+                   help="topology file (default: topologies/default.yaml; format: topologies/README.md)")
+    p.add_argument("--name", metavar="NAME", help="cluster name (default: the topology's name)")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                   help="give up (and clean up) if the cluster is not ready by then (default: %(default)s)")
+    p.add_argument("--foreground", action="store_true",
+                   help="run the cluster in this process until SIGTERM/Ctrl-C instead of a background daemon")
+    p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_exec(p: argparse.ArgumentParser) -> None:
+    _add_name(p)
+    p.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: %(default)s)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--node", metavar="NODE", help="run on a node (in its network namespace)")
+    where.add_argument("--host", metavar="HOST", help="run on an external host of the topology")
+    p.add_argument("pod", nargs="?", metavar="POD", help="run in this pod's network namespace")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...",
+                   help="the command; its exit code is passed through")
+
+
 _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
     "apiserver": (
         "netplane.apiserver.main",
         "run the embedded Kubernetes API server (a subset, enough for kubectl and netplane)",
         _add_apiserver,
     ),
+    "up": ("netplane.sandbox.commands:run_up",
+           "create a sandbox cluster (network namespaces + processes) and wait until it is ready", _add_up),
+    "down": ("netplane.sandbox.commands:run_down",
+             "remove a sandbox cluster and everything it made (also after a failed or killed up)", _add_name),
+    "status": ("netplane.sandbox.commands:run_status", "show sandbox clusters, their nodes and pods", _add_name),
+    "kubeconfig": ("netplane.sandbox.commands:run_kubeconfig",
+                   "print the path of a sandbox cluster's kubeconfig", _add_name),
+    "exec": ("netplane.sandbox.commands:run_exec",
+             "run a command in a pod, on a node (--node) or on an external host (--host)", _add_exec),
 }
 
 
@@ -102,12 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose >= 2:
         level = logging.DEBUG
     # Servers announce readiness through logging, so INFO is the floor for long-running commands.
-    if args.command in {"apiserver"}:
+    if args.command in {"apiserver", "up"}:
         level = min(level, logging.INFO)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    run = importlib.import_module(args._module).run
+    module, _, func = args._module.partition(":")
+    run = getattr(importlib.import_module(module), func or "run")
     try:
         return int(run(args) or 0)
     except KeyboardInterrupt:

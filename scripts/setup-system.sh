@@ -27,6 +27,8 @@ PACKAGES=(
     ethtool
     kmod                        # modprobe, lsmod
     util-linux                  # nsenter, unshare
+    iputils-ping                # ping (pods and tests check reachability with ICMP)
+    netcat-openbsd              # nc for quick TCP/UDP checks from pods
     ca-certificates
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ class ApiServer:
     node_port_range: tuple[int, int] = (30000, 32767)
     history: int = 100_000
     bookmark_interval: float = 60.0
+    # Already bound, listening sockets to serve on as well (e.g. made inside a network namespace).
+    sockets: list[socket.socket] = field(default_factory=list)
 
     def start(self) -> ApiServer:
         try:
@@ -60,6 +63,8 @@ class ApiServer:
         try:
             for host, port in self.listen:
                 self.servers.append(make_server(self.api, host, port))
+            for sock in self.sockets:
+                self.servers.append(make_server(self.api, "", 0, sock))
         except OSError as e:
             self.stop()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -1,0 +1,320 @@
+"""One sandbox cluster as one process: the network, the embedded apiserver (on 127.0.0.1 for the
+host and on the underlay gateway address for the nodes), control-plane-lite controllers, and a
+kubelet-lite per node. SIGTERM/SIGINT tears it all down in reverse order.
+
+Progress is published in state.json (`phase`: creating → ready | failed → stopping), which is
+what `netplane up` waits on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from netplane import __version__
+from netplane.apiserver.main import ApiServer
+from netplane.apiserver.resources import by_kind
+from netplane.errors import ApiError, ConflictError, NetplaneError
+from netplane.k8s import Client, Informer, load_kubeconfig, resource_path, write_kubeconfig
+from netplane.sandbox import network
+from netplane.sandbox.names import ClusterNames
+from netplane.sandbox.nsutil import listening_socket_in
+from netplane.sandbox.state import write_state
+from netplane.sandbox.topology import Topology
+
+log = logging.getLogger(__name__)
+
+APISERVER_UNDERLAY_PORT = 6443
+BRIDGE_CNI_BIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
+
+
+class Cluster:
+    def __init__(self, topology: Topology, name: str | None = None):
+        self.topology = topology
+        self.names = ClusterNames(name or topology.name)
+        self.plan = network.plan_underlay(
+            topology.underlay_subnet, topology.underlay_mtu, topology.node_names,
+            [(h.name, h.address) for h in topology.hosts],
+        )
+        self.state: dict[str, Any] = {}
+        self.apiserver: ApiServer | None = None
+        self.client: Client | None = None
+        # Teardown steps in the order they were set up; down() runs them in reverse.
+        self._teardown: list[Callable[[], None]] = []
+        self._node_informer: Informer | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _publish(self, phase: str, **extra: Any) -> None:
+        n = self.names
+        self.state.update(
+            name=n.cluster, pid=os.getpid(), phase=phase, topology=self.topology.source,
+            kubeconfig=n.kubeconfig, state_dir=n.state_dir, underlay=self.plan.subnet,
+            apiserver_underlay=f"http://{self.plan.gateway}:{APISERVER_UNDERLAY_PORT}",
+            nodes={node: {"netns": n.node(node), "ip": ip, "cgroup": n.node_cgroup(node)}
+                   for node, ip in self.plan.nodes.items()},
+            hosts={h: {"netns": n.host(h), "ip": ip} for h, ip in self.plan.hosts.items()},
+            **extra,
+        )
+        write_state(n, self.state)
+
+    # -- bring-up ---------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        n, topo = self.names, self.topology
+        if network.netns_list() and any(ns.startswith(n.prefix) for ns in network.netns_list()):
+            raise NetplaneError(f"cluster {n.cluster!r} already has namespaces ({n.prefix}*): "
+                                f"run 'netplane down --name {n.cluster}' first")
+        self._publish("creating")
+        log.info("building the network: underlay %s, nodes %s, hosts %s", self.plan.subnet,
+                 dict(self.plan.nodes), dict(self.plan.hosts))
+        network.build(n, self.plan, node_names=topo.node_names, host_names=[h.name for h in topo.hosts])
+        self._start_apiserver()
+        self._register_nodes()
+        self._start_controllers()
+        pod_cidrs = self._wait_pod_cidrs(timeout=30)
+        self._write_cni_configs(pod_cidrs)
+        self._start_node_routes()
+        self._start_kubelets()
+        self._apply_manifests()
+        self._wait_manifest_pods_ready(timeout=90)
+        self._publish("ready")
+        log.info("cluster %s ready", n.cluster)
+
+    def _start_apiserver(self) -> None:
+        n = self.names
+        data_dir = os.path.join(n.state_dir, "apiserver")
+        sock = listening_socket_in(n.underlay, self.plan.gateway, APISERVER_UNDERLAY_PORT)
+        self.apiserver = ApiServer(
+            listen=[("127.0.0.1", 0)], sockets=[sock], data_dir=data_dir,
+            service_cidr=self.topology.service_cidr,
+        ).start()
+        write_kubeconfig(n.kubeconfig, self.apiserver.url, name=f"netplane-{n.cluster}")
+        # The nodes' view: the same server on the underlay (what agents inside nodes use).
+        write_kubeconfig(os.path.join(n.state_dir, "kubeconfig.underlay"),
+                         self.state.get("apiserver_underlay") or f"http://{self.plan.gateway}:{APISERVER_UNDERLAY_PORT}",
+                         name=f"netplane-{n.cluster}")
+        self.client = Client(load_kubeconfig(n.kubeconfig))
+        self._publish("creating", apiserver=self.apiserver.url)
+        log.info("apiserver on %s and %s", self.apiserver.url, self.state["apiserver_underlay"])
+
+    def _register_nodes(self) -> None:
+        assert self.client is not None
+        for spec in self.topology.nodes:
+            labels = {"kubernetes.io/hostname": spec.name, "kubernetes.io/os": "linux",
+                      "kubernetes.io/arch": "amd64", **dict(spec.labels)}
+            if spec.zone:
+                labels["topology.kubernetes.io/zone"] = spec.zone
+            node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": spec.name, "labels": labels}}
+            try:
+                self.client.create("/api/v1/nodes", node)
+            except ConflictError:
+                pass  # restarted on the same data dir
+            self.client.patch(f"/api/v1/nodes/{spec.name}/status", {"status": self._node_status(spec.name)},
+                              patch_type="merge")
+
+    def _node_status(self, node: str) -> dict[str, Any]:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return {
+            "addresses": [{"type": "InternalIP", "address": self.plan.nodes[node]},
+                          {"type": "Hostname", "address": node}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "netplane kubelet-lite is posting ready status",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "nodeInfo": {"kubeletVersion": f"v1.32.0-netplane.{__version__}", "osImage": "netplane sandbox",
+                         "kernelVersion": platform.release(), "operatingSystem": "linux",
+                         "architecture": "amd64", "containerRuntimeVersion": f"netplane://{__version__}",
+                         "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+        }
+
+    def _start_controllers(self) -> None:
+        from netplane.sandbox.controllers import start_controllers
+
+        assert self.client is not None
+        controllers = start_controllers(
+            self.client, cluster_cidr=self.topology.cluster_cidr,
+            node_cidr_mask=self.topology.node_cidr_mask,
+        )
+        self._teardown.append(controllers.stop)
+
+    def _wait_pod_cidrs(self, timeout: float) -> dict[str, str]:
+        assert self.client is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.client.list("/api/v1/nodes")["items"]
+            cidrs = {nd["metadata"]["name"]: (nd.get("spec") or {}).get("podCIDR") for nd in nodes}
+            if all(cidrs.get(name) for name in self.topology.node_names):
+                return {k: v for k, v in cidrs.items() if v}
+            if time.monotonic() > deadline:
+                raise NetplaneError(f"nodes got no podCIDR within {timeout:.0f}s: {cidrs}")
+            time.sleep(0.1)
+
+    def _write_cni_configs(self, pod_cidrs: dict[str, str]) -> None:
+        """The interim default CNI (until netplane's own): the reference bridge + host-local."""
+        for node in self.topology.node_names:
+            conf_dir = os.path.join(self.names.node_dir(node), "net.d")
+            os.makedirs(conf_dir, exist_ok=True)
+            conflist = {
+                "cniVersion": "1.0.0",
+                "name": "netplane-bridge",
+                "plugins": [
+                    {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+                     "hairpinMode": True, "mtu": self.topology.underlay_mtu,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidrs[node]}]],
+                              "routes": [{"dst": "0.0.0.0/0"}],
+                              "dataDir": os.path.join(self.names.node_dir(node), "ipam")}},
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                ],
+            }
+            with open(os.path.join(conf_dir, "10-bridge.conflist"), "w") as f:
+                json.dump(conflist, f, indent=2)
+            # Pod traffic leaving the cluster is masqueraded to the node IP; pod-to-pod is not.
+            rules = ("*nat\n:NETPLANE-MASQ - [0:0]\n-A POSTROUTING -j NETPLANE-MASQ\n"
+                     f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -d {self.topology.cluster_cidr} -j RETURN\n"
+                     f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -j MASQUERADE\nCOMMIT\n")
+            network.run(["ip", "netns", "exec", self.names.node(node), "iptables-restore", "--noflush"], input=rules)
+
+    def _start_node_routes(self) -> None:
+        """kindnet's job: each node routes the other nodes' pod CIDRs via their underlay IPs."""
+        from netplane.k8s import Node
+
+        assert self.client is not None
+        informer = Informer(self.client, "/api/v1/nodes", Node.from_dict, name="sandbox-node-routes")
+
+        def sync(*_: Any) -> None:
+            nodes = informer.list()
+            for me in nodes:
+                if me.name not in self.plan.nodes:
+                    continue
+                routes = {cidr: self.plan.nodes[other.name] for other in nodes
+                          if other.name != me.name and other.name in self.plan.nodes
+                          for cidr in other.pod_cidrs}
+                try:
+                    network.set_node_routes(self.names.node(me.name), routes)
+                except NetplaneError as e:
+                    log.warning("node routes on %s: %s", me.name, e)
+
+        informer.add_handler(on_add=lambda o: sync(), on_update=lambda a, b: sync(), on_delete=lambda o: sync())
+        informer.start()
+        informer.wait_for_sync(10)
+        sync()
+        self._node_informer = informer
+        self._teardown.append(informer.stop)
+
+    def _start_kubelets(self) -> None:
+        from netplane.sandbox.cni_runner import CniRunner
+        from netplane.sandbox.kubelet import Kubelet
+
+        assert self.client is not None
+        for node in self.topology.node_names:
+            node_dir = self.names.node_dir(node)
+            cni = CniRunner(os.path.join(node_dir, "net.d"), BRIDGE_CNI_BIN_DIRS,
+                            os.path.join(node_dir, "cni-cache"),
+                            exec_prefix=["ip", "netns", "exec", self.names.node(node)])
+            kubelet = Kubelet(
+                node_name=node, client=Client(load_kubeconfig(self.names.kubeconfig)),
+                node_netns=self.names.node(node), cluster=self.names.cluster, cni=cni,
+                cgroup_dir=self.names.node_cgroup(node), dns_ip=self.topology.dns_ip,
+                cluster_domain=self.topology.cluster_domain, state_dir=node_dir,
+                node_ip=self.plan.nodes[node],
+            )
+            kubelet.start()
+            self._teardown.append(lambda k=kubelet: k.stop(kill_pods=True))
+
+    def _apply_manifests(self) -> None:
+        assert self.client is not None
+        for obj in self.topology.manifests:
+            rt = by_kind(obj["apiVersion"], obj["kind"])
+            if rt is None:
+                raise NetplaneError(f"{self.topology.source}: manifest {obj['kind']} {obj['metadata']['name']}: "
+                                    f"kind {obj['apiVersion']}/{obj['kind']} is not served by the sandbox")
+            ns = (obj["metadata"].get("namespace") or "default") if rt.namespaced else None
+            path = resource_path(rt.api_version, rt.plural, ns)
+            try:
+                self.client.create(path, obj)
+            except ConflictError:
+                name = obj["metadata"]["name"]
+                current = self.client.get(resource_path(rt.api_version, rt.plural, ns, name))
+                body = {**obj, "metadata": {**obj["metadata"],
+                                            "resourceVersion": current["metadata"]["resourceVersion"]}}
+                self.client.update(resource_path(rt.api_version, rt.plural, ns, name), body)
+
+    def _wait_manifest_pods_ready(self, timeout: float) -> None:
+        assert self.client is not None
+        wanted = [((o["metadata"].get("namespace") or "default"), o["metadata"]["name"])
+                  for o in self.topology.manifests if o.get("kind") == "Pod"]
+        deadline = time.monotonic() + timeout
+        while wanted:
+            pending = []
+            for ns, name in wanted:
+                try:
+                    pod = self.client.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+                except ApiError:
+                    pending.append(f"{ns}/{name} (missing)")
+                    continue
+                conds = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
+                if conds.get("Ready") != "True":
+                    pending.append(f"{ns}/{name} ({(pod.get('status') or {}).get('phase', '?')})")
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise NetplaneError(f"pods not ready after {timeout:.0f}s: {', '.join(pending)}")
+            time.sleep(0.2)
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def down(self, keep_failure_report: bool = False) -> None:
+        """Undo everything up() did, in reverse; with keep_failure_report, state.json and the
+        daemon log stay for `netplane up` to show (it removes them)."""
+        if self.state and not keep_failure_report:
+            self._publish("stopping")
+        while self._teardown:
+            step = self._teardown.pop()
+            try:
+                step()
+            except Exception:  # keep tearing down whatever else there is
+                log.exception("teardown step %r failed", step)
+        if self.apiserver is not None:
+            self.apiserver.stop()
+            self.apiserver = None
+        removed = network.teardown(self.names)
+        log.info("removed: %s", ", ".join(removed) or "nothing")
+        if keep_failure_report:
+            keep = {os.path.basename(self.names.state_file), os.path.basename(self.names.log_file)}
+            for entry in os.listdir(self.names.state_dir) if os.path.isdir(self.names.state_dir) else ():
+                if entry not in keep:
+                    path = os.path.join(self.names.state_dir, entry)
+                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        else:
+            shutil.rmtree(self.names.state_dir, ignore_errors=True)
+
+
+def run_foreground(topology: Topology, name: str | None, *, detached: bool = False) -> int:
+    """Build the cluster, serve until SIGTERM/SIGINT, tear down. `netplane up` runs this in a
+    detached child (detached=True keeps a failure report for it); `up --foreground` directly."""
+    cluster = Cluster(topology, name)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.up()
+    except BaseException as e:
+        log.error("cluster %s failed to come up: %s", cluster.names.cluster, e)
+        if not isinstance(e, NetplaneError):
+            log.exception("details")
+        cluster.down(keep_failure_report=detached)
+        if detached:
+            cluster._publish("failed", error=str(e))
+        return 1
+    stop.wait()
+    log.info("stopping cluster %s", cluster.names.cluster)
+    cluster.down()
+    return 0
