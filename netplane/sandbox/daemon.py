@@ -40,10 +40,7 @@ class Cluster:
     def __init__(self, topology: Topology, name: str | None = None):
         self.topology = topology
         self.names = ClusterNames(name or topology.name)
-        self.plan = network.plan_underlay(
-            topology.underlay_subnet, topology.underlay_mtu, topology.node_names,
-            [(h.name, h.address) for h in topology.hosts],
-        )
+        self.plan = topology.underlay_plan
         self.state: dict[str, Any] = {}
         self.apiserver: ApiServer | None = None
         self.client: Client | None = None

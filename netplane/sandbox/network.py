@@ -8,7 +8,6 @@ nothing here touches the root network namespace.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
@@ -16,9 +15,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from netplane.errors import NetplaneError
+from netplane.sandbox.addressing import UnderlayPlan, plan_underlay  # noqa: F401 - re-exported
 from netplane.sandbox.names import ETC_NETNS, ROUTE_PROTO, ClusterNames
 
 log = logging.getLogger(__name__)
@@ -36,32 +35,6 @@ NODE_SYSCTLS = {
 
 class NetworkError(NetplaneError):
     """A command building or removing the sandbox network failed; the message has its stderr."""
-
-
-@dataclass(frozen=True, slots=True)
-class UnderlayPlan:
-    subnet: str
-    gateway: str  # the bridge's address: the control-plane address nodes reach the apiserver on
-    nodes: Mapping[str, str]  # node name -> underlay IP
-    hosts: Mapping[str, str]  # external host name -> underlay IP
-    mtu: int
-
-    @property
-    def prefixlen(self) -> int:
-        return ipaddress.ip_network(self.subnet).prefixlen
-
-
-def plan_underlay(subnet: str, mtu: int, node_names: Sequence[str],
-                  hosts: Sequence[tuple[str, str | None]]) -> UnderlayPlan:
-    """Addresses as kind hands them out: the gateway first, then nodes in order, then hosts
-    (hosts may ask for a fixed address; the topology loader has already checked it is free)."""
-    net = ipaddress.ip_network(subnet)
-    fixed = {a for _, a in hosts if a}
-    free = (str(ip) for ip in net.hosts() if str(ip) not in fixed)
-    gateway = next(free)
-    nodes = {name: next(free) for name in node_names}
-    host_ips = {name: (addr or next(free)) for name, addr in hosts}
-    return UnderlayPlan(str(net), gateway, nodes, host_ips, mtu)
 
 
 def run(cmd: Sequence[str], *, input: str | None = None, check: bool = True,
