@@ -8,12 +8,8 @@ server's --history keeps.
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,93 +21,12 @@ import pytest
 from netplane.errors import NotFoundError
 from netplane.k8s import Client, Informer, Service, load_kubeconfig, resource_path
 
-REPO = Path(__file__).resolve().parents[2]
-NETPLANE = Path(sys.executable).with_name("netplane")
 SERVICES = resource_path("v1", "services")
 DEFAULT_SERVICES = resource_path("v1", "services", "default")
 
-pytestmark = pytest.mark.skipif(
-    not (REPO / "netplane" / "apiserver" / "main.py").exists() or not NETPLANE.exists(),
-    reason="netplane apiserver not available",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ApiServerProcess:
-    """One `netplane apiserver` child; `stop()` and `start()` may be repeated (restart)."""
-
-    workdir: Path
-    args: list[str]
-    kubeconfig: Path = field(init=False)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def __post_init__(self) -> None:
-        self.kubeconfig = self.workdir / "kubeconfig"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"apiserver-{self.starts}.log"
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.starts += 1
-        self.kubeconfig.unlink(missing_ok=True)
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(NETPLANE), "apiserver", "--write-kubeconfig", str(self.kubeconfig), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "ready" in self.log_path.read_text(errors="replace"):
-                assert self.kubeconfig.exists(), "apiserver said ready before writing kubeconfig"
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        self.stop()
-        pytest.fail(f"netplane apiserver did not become ready:\n{tail}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def start_apiserver(tmp_path: Path) -> Iterator[Callable[..., ApiServerProcess]]:
-    started: list[ApiServerProcess] = []
-
-    def start(*extra: str, port: int = 0) -> ApiServerProcess:
-        workdir = tmp_path / f"server{len(started)}"
-        workdir.mkdir()
-        server = ApiServerProcess(workdir, ["--listen", f"127.0.0.1:{port}", *extra])
-        started.append(server)
-        server.start()
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+# The `start_apiserver` (skips when no `netplane` executable) and `free_port` fixtures come from
+# conftest.py; a server is `Any` here.
+StartApiserver = Callable[..., Any]
 
 
 @pytest.fixture
@@ -185,7 +100,7 @@ def new_informer(client: Client, informers: list[Informer[Any]], **kwargs: Any
     return inf
 
 
-def test_create_update_delete_seen(start_apiserver: Callable[..., ApiServerProcess],
+def test_create_update_delete_seen(start_apiserver: StartApiserver,
                                    informers: list[Informer[Any]]) -> None:
     server = start_apiserver()
     client = Client(load_kubeconfig(server.kubeconfig))
@@ -219,7 +134,7 @@ def test_create_update_delete_seen(start_apiserver: Callable[..., ApiServerProce
     assert events.drain() == []
 
 
-def test_bookmarks_advance_resource_version(start_apiserver: Callable[..., ApiServerProcess],
+def test_bookmarks_advance_resource_version(start_apiserver: StartApiserver,
                                             informers: list[Informer[Any]]) -> None:
     server = start_apiserver("--bookmark-interval", "0.2")
     client = Client(load_kubeconfig(server.kubeconfig))
@@ -241,7 +156,7 @@ def _watch_socket(inf: Informer[Any]) -> socket.socket | None:
     return getattr(conn, "sock", None)
 
 
-def test_killed_watch_connection_converges(start_apiserver: Callable[..., ApiServerProcess],
+def test_killed_watch_connection_converges(start_apiserver: StartApiserver,
                                            informers: list[Informer[Any]]) -> None:
     server = start_apiserver()
     admin = Client(load_kubeconfig(server.kubeconfig))
@@ -263,11 +178,13 @@ def test_killed_watch_connection_converges(start_apiserver: Callable[..., ApiSer
     assert len([k for k in inf.keys() if k.startswith("default/r")]) == 12
 
 
-def test_apiserver_restart_with_data_dir(start_apiserver: Callable[..., ApiServerProcess],
+def test_apiserver_restart_with_data_dir(start_apiserver: StartApiserver,
                                          informers: list[Informer[Any]],
-                                         tmp_path: Path) -> None:
-    data = tmp_path / "data"
+                                         scratch_dir: Path,
+                                         free_port: Callable[[], int]) -> None:
+    data = scratch_dir / "data"
     data.mkdir()
+    # A fixed port: the informer's client keeps the URL across the restart.
     server = start_apiserver("--data-dir", str(data), port=free_port())
     client = Client(load_kubeconfig(server.kubeconfig))
     for i in range(5):
@@ -292,7 +209,7 @@ def test_apiserver_restart_with_data_dir(start_apiserver: Callable[..., ApiServe
     assert not [e for e in got if e[1].startswith("keep-") and e != ("delete", "keep-0")]
 
 
-def test_gone_relist_emits_exactly_what_changed(start_apiserver: Callable[..., ApiServerProcess],
+def test_gone_relist_emits_exactly_what_changed(start_apiserver: StartApiserver,
                                                informers: list[Informer[Any]]) -> None:
     server = start_apiserver("--history", "20")
     client = Client(load_kubeconfig(server.kubeconfig))
