@@ -52,6 +52,31 @@ assert NAMESPACES is not None and SERVICES is not None
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # Kinds whose spec changes bump metadata.generation.
 _GENERATION_KINDS = {"Pod", "Service", "Deployment", "DaemonSet", "NetworkPolicy"}
+# Deeper objects are refused (400): copying, validating and encoding recurse once per level, and
+# no served kind comes anywhere near this.
+MAX_DEPTH = 100
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether a decoded JSON value nests dicts/lists more than `limit` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def parse_rv(value: str) -> int:
+    """A resourceVersion parameter: decimal digits only (Python's int() would also take "-5",
+    "+7", " 3" or other scripts' digits, which the real server's ParseUint refuses)."""
+    if not (value.isascii() and value.isdigit()):
+        raise st.bad_request(f"invalid resource version {value!r}")
+    return int(value)
 
 
 def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
@@ -110,6 +135,8 @@ class Api:
     def _load_body(self, rt: ResourceType, ns: str, body: Any, url_name: str | None) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise st.bad_request(f"the body of the request must be a {rt.kind} object, got {type(body).__name__}")
+        if too_deep(body):
+            raise st.bad_request(f"the object is nested more than {MAX_DEPTH} levels deep")
         obj = copy.deepcopy(body)
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
         if api_version not in (None, "", rt.api_version):
@@ -183,6 +210,7 @@ class Api:
         resource_version_match: str | None = None,
     ) -> tuple[list[Stored], dict[str, Any]]:
         match = self._matcher(rt, sel)
+        self._check_list_options(resource_version, resource_version_match, continue_token)
         if continue_token:
             snap_id, rv, start = self._decode_continue(continue_token)
             with self._snap_lock:
@@ -215,13 +243,36 @@ class Api:
         meta["remainingItemCount"] = len(items) - end
         return items[start:end], meta
 
+    @staticmethod
+    def _check_list_options(rv: str | None, match: str | None, continue_token: str | None) -> None:
+        """ValidateListOptions (422) and the storage's continue/resourceVersion rule (400)."""
+        causes = []
+        if match:
+            if not rv:
+                causes.append(("FieldValueForbidden", "Forbidden: resourceVersionMatch is forbidden "
+                                                      "unless resourceVersion is provided"))
+            if continue_token:
+                causes.append(("FieldValueForbidden", "Forbidden: resourceVersionMatch is forbidden "
+                                                      "when continue is provided"))
+            if match == "Exact" and rv == "0":
+                causes.append(("FieldValueForbidden", 'Forbidden: resourceVersionMatch "exact" is '
+                                                      'forbidden for resourceVersion "0"'))
+            if match not in ("Exact", "NotOlderThan"):
+                causes.append(("FieldValueNotSupported", f'Unsupported value: "{match}": supported '
+                                                         'values: "Exact", "NotOlderThan", ""'))
+        if causes:
+            texts = [f"resourceVersionMatch: {m}" for _, m in causes]
+            summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+            raise st.ApiStatus(422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: {summary}', {
+                "group": "meta.k8s.io", "kind": "ListOptions",
+                "causes": [{"reason": r, "message": m, "field": "resourceVersionMatch"} for r, m in causes]})
+        if continue_token and rv not in (None, "", "0"):
+            raise st.bad_request("specifying resource version is not allowed when using continue")
+
     def _check_list_rv(self, rv_param: str | None, match: str | None, current: int) -> None:
         if rv_param in (None, "", "0"):
             return
-        try:
-            want = int(rv_param)
-        except ValueError:
-            raise st.bad_request(f"invalid resource version {rv_param!r}") from None
+        want = parse_rv(rv_param)
         if match == "Exact" and want != current:
             if want < current:
                 raise st.gone(f"too old resource version: {want} ({current})")
@@ -265,6 +316,9 @@ class Api:
         with self.store.lock:
             ns = self._check_namespace(rt, ns)
             obj = self._load_body(rt, ns, body, None)
+            if rt.has_status and rt.kind != "Node":
+                # PrepareForCreate resets status (unvalidated on create): it is set through /status.
+                obj.pop("status", None)
             meta = obj["metadata"]
             if not meta.get("name") and isinstance(meta.get("generateName"), str) and meta["generateName"]:
                 meta["name"] = self._generate_name(rt, ns, meta["generateName"])
@@ -323,6 +377,8 @@ class Api:
                 raise st.not_found(rt, name)
             try:
                 patched = apply_patch(current.obj, content_type, body, rt.kind)
+            except RecursionError:  # decoding and merging recurse once per nesting level
+                raise st.bad_request(f"the patch is nested more than {MAX_DEPTH} levels deep") from None
             except UnsupportedPatchType as e:
                 raise st.unsupported_media_type(str(e)) from None
             except PatchError as e:
@@ -337,17 +393,75 @@ class Api:
                 raise st.conflict(rt, name, st.STALE)
             return self._write_update(rt, ns, name, current, obj, subresource, dry_run)
 
+    def bind(
+        self, rt: ResourceType, ns: str | None, name: str, body: Any, *, dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """POST pods/NAME/binding (BindingREST): set spec.nodeName of an unbound pod, which a spec
+        update may not change, and its PodScheduled condition. Answers a Success Status."""
+        if rt.kind != "Pod" or not isinstance(body, dict):
+            raise st.bad_request("the body of the request must be a Binding object")
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        if meta.get("name") not in (None, "", name):
+            raise st.bad_request("name in URL does not match name in Binding object")
+        target = body.get("target") if isinstance(body.get("target"), dict) else {}
+        node = target.get("name")
+        if target.get("kind") not in (None, "", "Node"):
+            raise st.invalid(rt, name, [{"reason": "FieldValueNotSupported", "field": "target.kind",
+                                         "message": "Unsupported value: must be empty or 'Node'"}])
+        if not isinstance(node, str) or not node:
+            raise st.invalid(rt, name, [{"reason": "FieldValueRequired", "field": "target.name",
+                                         "message": "Required value"}])
+        with self.store.lock:
+            ns = self._check_namespace(rt, ns)
+            current = self.store.get(rt.key, ns, name)
+            if current is None:
+                raise st.not_found(rt, name)
+            obj = copy.deepcopy(current.obj)
+            pod_meta, spec = obj["metadata"], obj.setdefault("spec", {})
+            if meta.get("uid") and meta["uid"] != pod_meta.get("uid"):
+                raise st.conflict(rt, name, f"Precondition failed: UID in precondition: {meta['uid']}, "
+                                            f"UID in object meta: {pod_meta.get('uid')}")
+            if pod_meta.get("deletionTimestamp"):
+                raise st.conflict(rt, name, f"pod {name} is being deleted, cannot be assigned to a host")
+            if spec.get("nodeName"):
+                raise st.conflict(rt, name, f"pod {name} is already assigned to node {spec['nodeName']!r}")
+            if spec.get("schedulingGates"):
+                raise st.conflict(rt, name, f"pod {name} has non-empty .spec.schedulingGates")
+            spec["nodeName"] = node
+            conditions = obj.setdefault("status", {}).setdefault("conditions", [])
+            cond = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "PodScheduled"), None)
+            if cond is None:
+                cond = {"type": "PodScheduled"}
+                conditions.append(cond)
+            if cond.get("status") != "True":
+                cond.update(status="True", lastTransitionTime=now_rfc3339(self.clock))
+            cond.update(lastProbeTime=None)
+            for stale in ("reason", "message"):
+                cond.pop(stale, None)
+            if not dry_run:
+                pod_meta["resourceVersion"] = str(self.store.next_rv())
+                self.store.commit(rt.key, ns, name, obj, "MODIFIED")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
     def _write_update(
         self, rt: ResourceType, ns: str, name: str, current: Stored, obj: dict[str, Any],
         subresource: str | None, dry_run: bool,
     ) -> Stored:
         old = current.obj
         meta, old_meta = obj["metadata"], old["metadata"]
-        for system_field in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+        for system_field in ("creationTimestamp", "deletionTimestamp", "generation"):
             if system_field in old_meta:
                 meta[system_field] = old_meta[system_field]
             else:
                 meta.pop(system_field, None)
+        # As BeforeUpdate: a missing uid / grace period is the stored one; a different one is left
+        # for validation to reject (immutable), not silently replaced.
+        for system_field in ("uid", "deletionGracePeriodSeconds"):
+            if meta.get(system_field) in (None, "") and system_field in old_meta:
+                meta[system_field] = old_meta[system_field]
+        # The caller checked any resourceVersion precondition; an unconditional write of the
+        # stored object must still compare equal below (a no-op keeps the version).
+        meta["resourceVersion"] = old_meta.get("resourceVersion")
         if subresource == "status":
             # Status writes change only status (ResetObjectMetaForStatus + copy of the old spec).
             new_status = obj.get("status")
@@ -390,6 +504,12 @@ class Api:
         *, dry_run: bool = False,
     ) -> Stored:
         options = options or {}
+        # DeleteOptions of the wrong shape fail to decode upstream (400), whatever the object.
+        if not isinstance(options.get("preconditions", {}), (dict, type(None))):
+            raise st.bad_request("DeleteOptions.preconditions must be an object")
+        grace = options.get("gracePeriodSeconds")
+        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+            raise st.bad_request(f"invalid gracePeriodSeconds {grace!r}: must be an integer")
         with self.store.lock:
             ns = self._check_namespace(rt, ns)
             current = self.store.get(rt.key, ns, name)
@@ -407,10 +527,9 @@ class Api:
             if dry_run:
                 return current
             grace = self._grace_period(rt, current.obj, options)
-            if meta.get("finalizers") or grace > 0:
+            if meta.get("finalizers") or grace > 0 or meta.get("deletionTimestamp"):
+                # (a terminating pod's final delete stamps grace 0 before it goes, as upstream)
                 return self._mark_deleting(rt, ns, name, current, grace)
-            if rt is NAMESPACES:
-                self._delete_namespace_contents(name)
             return self._remove(rt, ns, name, copy.deepcopy(current.obj))
 
     def _grace_period(self, rt: ResourceType, obj: dict[str, Any], options: dict[str, Any]) -> int:
@@ -420,13 +539,11 @@ class Api:
         spec, pod_status = obj.get("spec") or {}, obj.get("status") or {}
         if not spec.get("nodeName") or pod_status.get("phase") in ("Succeeded", "Failed"):
             return 0
-        grace = options.get("gracePeriodSeconds")
+        grace = options.get("gracePeriodSeconds")  # (delete checked that it is an integer)
         if grace is None:
-            grace = spec.get("terminationGracePeriodSeconds", 30)
-        try:
-            grace = max(0, int(grace))
-        except (TypeError, ValueError):
-            raise st.bad_request(f"invalid gracePeriodSeconds {grace!r}") from None
+            grace = spec.get("terminationGracePeriodSeconds")
+            grace = 30 if grace is None else grace  # (validated as an integer when stored)
+        grace = max(0, int(grace))
         current = (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
         if current is not None and grace >= current:
             grace = current  # a later delete may shorten the grace period, never extend it
@@ -447,6 +564,8 @@ class Api:
         return self.store.commit(rt.key, ns, name, obj, "MODIFIED")
 
     def _remove(self, rt: ResourceType, ns: str, name: str, obj: dict[str, Any]) -> Stored:
+        if rt is NAMESPACES:  # whichever way it goes (delete, last finalizer removed): contents first
+            self._delete_namespace_contents(name)
         old = self.store.get(rt.key, ns, name)
         obj["metadata"]["resourceVersion"] = str(self.store.next_rv())
         stored = self.store.commit(rt.key, ns, name, obj, "DELETED")
@@ -495,10 +614,7 @@ class Api:
         match = self._matcher(rt, sel)
         ns_filter = sel.namespace if rt.namespaced else None
         if resource_version not in (None, "", "0"):
-            try:
-                int(resource_version)  # type: ignore[arg-type]
-            except ValueError:
-                raise st.bad_request(f"invalid resource version {resource_version!r}") from None
+            parse_rv(resource_version)  # type: ignore[arg-type]
         return self._watch_stream(rt, ns_filter, match, resource_version, allow_bookmarks, timeout,
                                   send_initial_events, stop or threading.Event(), idle_tick)
 

@@ -42,7 +42,8 @@ def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
     out = [entry]
     for sub in rt.subresources:
         out.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                    "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+                    "kind": rt.kind,
+                    "verbs": ["create"] if sub == "binding" else ["get", "patch", "update"]})
     return out
 
 

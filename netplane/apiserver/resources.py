@@ -48,7 +48,7 @@ RESOURCES: tuple[ResourceType, ...] = (
                  ("status.phase",)),
     ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), True,
                  ("spec.unschedulable",)),
-    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status",), True,
+    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), True,
                  ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                   "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
                   "status.podIP", "status.nominatedNodeName"), ("all",)),

@@ -8,6 +8,7 @@ A threaded stdlib server is enough here: one thread per connection, watches hold
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
 import threading
@@ -29,6 +30,8 @@ from netplane.apiserver.tables import table_for
 log = logging.getLogger(__name__)
 
 MAX_BODY = 3 * 1024 * 1024  # the real server's request size limit
+_DIGITS = re.compile(r"[0-9]+")
+_BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")  # the verbs whose handlers read a body
 DEFAULT_WATCH_TIMEOUT = 1800.0
 
 
@@ -124,6 +127,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache, private")
+        if self.close_connection:
+            # Say so: a keep-alive client would send its next request into a closing connection.
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -131,17 +137,31 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(self, code: int, obj: Any) -> None:
         self._send(code, orjson.dumps(obj))
 
+    def _content_length(self) -> int:
+        """The declared body length. One that is not a plain decimal number, or several that
+        disagree, is a 400 and ends the connection: where the body ends is unknown."""
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return 0
+        text = values.pop()
+        if values or not _DIGITS.fullmatch(text):
+            self.close_connection = True
+            raise st.bad_request("invalid Content-Length")
+        return int(text)
+
     def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # the chunked body stays unread: nothing after it is a request
             raise st.ApiStatus(411, "LengthRequired", "chunked request bodies are not supported; send Content-Length")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise st.bad_request("invalid Content-Length") from None
+        length = self._content_length()
         if length > MAX_BODY:
             self.close_connection = True  # do not read (or keep) a connection carrying a huge body
             raise st.too_large(f"the request body is too large: {length} bytes, limit {MAX_BODY}")
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        if len(raw) < length:  # the client gave up half-way: never act on a truncated body
+            self.close_connection = True
+            raise st.bad_request(f"the request body ended after {len(raw)} of {length} bytes")
+        return raw
 
     def _decode(self, raw: bytes) -> Any:
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip().lower()
@@ -157,6 +177,8 @@ class Handler(BaseHTTPRequestHandler):
                 return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - safe loader subclass
             except yaml.YAMLError as e:
                 raise st.bad_request(f"couldn't decode the request body as YAML: {e}") from None
+            except RecursionError:  # PyYAML's composer recurses once per nesting level
+                raise st.bad_request("couldn't decode the request body as YAML: nested too deeply") from None
         raise st.unsupported_media_type(f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ctype}")
 
     def _wants_table(self) -> bool:
@@ -189,31 +211,56 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (OPTIONS, TRACE, FOO...) gets the real server's JSON 405 (or 404 for an
+        # unknown path) instead of http.server's HTML 501.
+        if name.startswith("do_"):
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
+
     def _dispatch(self, method: str) -> None:
+        self._body_read = False
         try:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query, keep_blank_values=True)
+            try:
+                url = urlsplit(self.path)
+                query = parse_qs(url.query, keep_blank_values=True)
+            except ValueError:  # e.g. an unbalanced "[" where urlsplit expects an IPv6 host
+                raise st.bad_request(f"invalid request URI: {self.path[:200]!r}") from None
+            if method not in _BODY_METHODS:
+                self._body()  # a body nothing reads (a GET may carry one): consume it first
             self._handle(method, url.path, query)
-        except st.ApiStatus as e:
             self._drain()
-            self._send_json(e.code, e.body())
+        except st.ApiStatus as e:
+            self._fail(e.code, e.body())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:  # never let one request take the server down
             log.exception("internal error serving %s %s", method, self.path)
+            self._fail(500, st.ApiStatus(500, "InternalError", "an internal error occurred").body())
+
+    def _fail(self, code: int, body: dict[str, Any]) -> None:
+        try:
             self._drain()
-            self._send_json(500, st.ApiStatus(500, "InternalError", "an internal error occurred").body())
+            self._send_json(code, body)
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone already
+            self.close_connection = True
 
     def _drain(self) -> None:
-        # An error before the body was read: read it now so the keep-alive connection stays in sync.
-        if getattr(self, "_body_read", False) or self.command in ("GET", "HEAD"):
+        """Read a body no handler read (an error came first) so the keep-alive connection stays in
+        sync; when that is not possible the connection ends after the response."""
+        if getattr(self, "_body_read", False) or self.close_connection:
+            return
+        self._body_read = True
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
+            length = self._content_length()
+        except st.ApiStatus:
+            return  # (it closes the connection)
         if 0 < length <= MAX_BODY:
-            self.rfile.read(length)
+            if len(self.rfile.read(length)) < length:
+                self.close_connection = True
         elif length:
             self.close_connection = True
 
@@ -223,7 +270,6 @@ class Handler(BaseHTTPRequestHandler):
         return raw
 
     def _handle(self, method: str, path: str, query: dict[str, list[str]]) -> None:
-        self._body_read = False
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             self._send(200, b"ok", "text/plain; charset=utf-8")
             return
@@ -287,10 +333,17 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_object(201, rt, api.create(rt, r.namespace, self._decode(self._body()), dry_run=dry_run), query)
             elif method == "DELETE":
                 options = self._delete_options(query)
+                dry_run = dry_run or bool(options.get("dryRun"))  # kubectl sends it in DeleteOptions
                 items = api.delete_collection(rt, sel, options, dry_run=dry_run)
                 self._send_list(rt, items, {"resourceVersion": str(api.store.rv)}, query)
             else:
                 raise st.method_not_allowed()
+            return
+        if r.subresource == "binding":  # create-only, as upstream: how a scheduler sets nodeName
+            if method != "POST":
+                raise st.method_not_allowed()
+            self._send_json(201, api.bind(rt, r.namespace, r.name, self._decode(self._body()),
+                                          dry_run=dry_run))
             return
         if method == "GET":
             self._send_object(200, rt, api.get(rt, r.namespace, r.name), query)
@@ -303,6 +356,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_object(200, rt, api.patch(rt, r.namespace, r.name, ctype, raw, subresource=r.subresource, dry_run=dry_run), query)
         elif method == "DELETE" and r.subresource is None:
             options = self._delete_options(query)
+            dry_run = dry_run or bool(options.get("dryRun"))  # kubectl sends it in DeleteOptions
             self._send_object(200, rt, api.delete(rt, r.namespace, r.name, options, dry_run=dry_run), query)
         else:
             raise st.method_not_allowed()
@@ -404,13 +458,21 @@ class ApiHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def make_server(api: Api, host: str, port: int) -> ApiHTTPServer:
+def make_server(api: Api, host: str, port: int, sock: socket.socket | None = None) -> ApiHTTPServer:
+    """An HTTP server for `api` on host:port, or on an already bound and listening `sock` (the
+    sandbox hands in a socket created inside another network namespace)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class _Server(ApiHTTPServer):
         address_family = family
 
-    server = _Server((host, port), Handler)
+    if sock is None:
+        server = _Server((host, port), Handler)
+    else:
+        server = _Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.server_address = sock.getsockname()
     bound_host, bound_port = server.server_address[:2]
     handler = type("BoundHandler", (Handler,), {"api": api, "server_address_text": f"{bound_host}:{bound_port}"})
     server.RequestHandlerClass = handler

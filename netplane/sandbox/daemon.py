@@ -133,14 +133,14 @@ class Cluster:
         }
 
     def _start_controllers(self) -> None:
-        from netplane.sandbox.controllers import start_controllers
+        from netplane.sandbox.controllers import ControlPlane
 
         assert self.client is not None
-        controllers = start_controllers(
-            self.client, cluster_cidr=self.topology.cluster_cidr,
-            node_cidr_mask=self.topology.node_cidr_mask,
-        )
-        self._teardown.append(controllers.stop)
+        plane = ControlPlane(self.client, cluster_cidr=self.topology.cluster_cidr,
+                             node_cidr_mask=self.topology.node_cidr_mask).start()
+        self._teardown.append(plane.stop)
+        if not plane.wait_for_sync(30):
+            raise NetplaneError("control-plane controllers did not sync with the apiserver within 30s")
 
     def _wait_pod_cidrs(self, timeout: float) -> dict[str, str]:
         assert self.client is not None
