@@ -105,7 +105,10 @@ class ServiceAllocator:
                 taken = self.held_ports(svc) | (self.ports - old_ports)
                 spec["healthCheckNodePort"] = self._free_port(taken, "spec.healthCheckNodePort")
             else:
-                self._check_port(hc, "spec.healthCheckNodePort", old_ports, self.held_ports(svc) - {hc})
+                # Not one of this Service's own node ports either (upstream allocates it after them).
+                node_ports = {p.get("nodePort") for p in spec.get("ports") or []
+                              if isinstance(p, dict) and isinstance(p.get("nodePort"), int)}
+                self._check_port(hc, "spec.healthCheckNodePort", old_ports, node_ports)
         else:
             spec.pop("healthCheckNodePort", None)
 
@@ -139,7 +142,8 @@ class ServiceAllocator:
                 addr = ipaddress.ip_address(ip)
             except ValueError:
                 raise AllocationError("spec.clusterIPs", ip, "must be a valid IP address") from None
-            if addr not in self.network:
+            lo, hi = self._ip_range  # the network and broadcast addresses are not in it either
+            if addr not in self.network or not lo <= int(addr) <= hi:
                 raise AllocationError(
                     "spec.clusterIPs", ip,
                     f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. "

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from netplane.apiserver.validation_names import qualified_name_errors
+
 
 class SelectorError(ValueError):
     """The selector text is invalid; the message is shown to the client (400 BadRequest)."""
@@ -55,7 +57,8 @@ def _tokens(text: str) -> list[str]:
 
 
 def _check_key(key: str) -> str:
-    if not _KEY_OK.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
+    # The prefix must be a DNS subdomain (lowercase, <= 253), as labels.Parse's IsQualifiedName.
+    if not _KEY_OK.match(key) or len(key.rsplit("/", 1)[-1]) > 63 or qualified_name_errors(key):
         raise SelectorError(f"invalid label key {key!r}: not a qualified name")
     return key
 
@@ -102,13 +105,21 @@ def parse_label_selector(text: str | None) -> tuple[Requirement, ...]:
                 need(i < len(toks) and toks[i] == "(", "expected '(' after " + op)
                 i += 1
                 values: list[str] = []
+                want_value = True  # values are comma-separated; an omitted one is "" (upstream)
                 while i < len(toks) and toks[i] != ")":
-                    if toks[i] != ",":
+                    if toks[i] == ",":
+                        if want_value:
+                            values.append("")
+                        want_value = True
+                    else:
+                        need(want_value, f"expected ',' or ')' before {toks[i]!r}")
                         values.append(_check_value(toks[i]))
+                        want_value = False
                     i += 1
                 need(i < len(toks), "missing ')'")
                 i += 1
-                need(bool(values) or op == "notin", f"'{op}' needs at least one value")
+                if want_value:  # "()" or a trailing ","
+                    values.append("")
                 reqs.append(Requirement(key, op, tuple(values)))
             else:
                 raise SelectorError(f"unable to parse requirement: unexpected {toks[i]!r} in {text!r}")
@@ -170,12 +181,30 @@ def _split_unescaped(text: str) -> list[str]:
             cur = []
         else:
             cur.append(ch)
+    if esc:
+        cur.append("\\")  # a trailing lone backslash: _unescape rejects it
     parts.append("".join(cur))
     return parts
 
 
 def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value)
+    """fields.UnescapeValue: only \\\\, \\, and \\= are escapes; a bare ',' or '=' is an error."""
+    out, esc = [], False
+    for ch in value:
+        if esc:
+            if ch not in "\\,=":
+                raise SelectorError(f"invalid field selector: invalid escape sequence: \\{ch}")
+            out.append(ch)
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch in ",=":
+            raise SelectorError(f"invalid field selector: unescaped {ch!r} in value {value!r}")
+        else:
+            out.append(ch)
+    if esc:
+        raise SelectorError("invalid field selector: invalid escape sequence: \\")
+    return "".join(out)
 
 
 def field_value(obj: dict[str, Any], label: str) -> str:

@@ -145,21 +145,23 @@ class Handler(BaseHTTPRequestHandler):
             return 0
         text = values.pop()
         if values or not _DIGITS.fullmatch(text):
-            self.close_connection = True
+            self.close_connection = self._body_read = True  # (the body cannot be read, or drained)
             raise st.bad_request("invalid Content-Length")
         return int(text)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True  # the chunked body stays unread: nothing after it is a request
+            # The chunked body stays unread: nothing after it on this connection is a request.
+            self.close_connection = self._body_read = True
             raise st.ApiStatus(411, "LengthRequired", "chunked request bodies are not supported; send Content-Length")
         length = self._content_length()
         if length > MAX_BODY:
-            self.close_connection = True  # do not read (or keep) a connection carrying a huge body
+            # Do not read (or keep) a connection carrying a huge body.
+            self.close_connection = self._body_read = True
             raise st.too_large(f"the request body is too large: {length} bytes, limit {MAX_BODY}")
         raw = self.rfile.read(length) if length > 0 else b""
         if len(raw) < length:  # the client gave up half-way: never act on a truncated body
-            self.close_connection = True
+            self.close_connection = self._body_read = True
             raise st.bad_request(f"the request body ended after {len(raw)} of {length} bytes")
         return raw
 
@@ -248,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
     def _drain(self) -> None:
         """Read a body no handler read (an error came first) so the keep-alive connection stays in
         sync; when that is not possible the connection ends after the response."""
-        if getattr(self, "_body_read", False) or self.close_connection:
+        if getattr(self, "_body_read", False):
             return
         self._body_read = True
         if self.headers.get("Transfer-Encoding"):
@@ -409,10 +411,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         first = True
+        gone = False
         try:
             for batch in stream:
                 if not batch:
                     if self._client_gone():
+                        gone = True
                         break
                     continue
                 lines = []
@@ -425,10 +429,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
-            pass
+            gone = True
         finally:
             stream.close()  # type: ignore[attr-defined]
-            self.close_connection = True
+            # A stream that ended cleanly (timeout, 410) leaves a usable keep-alive connection, as
+            # Go's server does; closing it unannounced made a pooling client (urllib3) send its
+            # next request into a dead connection (RemoteDisconnected).
+            if gone:
+                self.close_connection = True
 
     @staticmethod
     def _encode_item(rt: ResourceType, item: WatchItem, as_table: bool, include: str, first: bool) -> bytes:

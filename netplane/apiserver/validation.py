@@ -233,6 +233,19 @@ def _ip_list(w: Walk, ips: list[str], path: str, what: str) -> None:
             seen.add(ip)
 
 
+def _typed(w: Walk, parent: Any, path: str, strings: tuple[str, ...] = (),
+           ints: tuple[str, ...] = ()) -> None:
+    """Type checks alone, for fields no rule reads: upstream's decoder refuses a wrong type in any
+    field, so a value that is not a string/integer must not be stored either."""
+    for name in strings:
+        w.str(parent, name, child(path, name))
+    for name in ints:
+        w.int(parent, name, child(path, name))
+
+
+_OBJECT_REF = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+
+
 def _zeroless(value: Any) -> Any:
     """Drop zero values, which Go decodes the same as absent fields, before comparing specs."""
     if isinstance(value, dict):
@@ -279,7 +292,9 @@ def _pod_spec(w: Walk, spec: dict, path: str) -> None:
     if deadline is not None and not 1 <= deadline <= MAX_INT32:
         w.add(invalid(child(path, "activeDeadlineSeconds"), deadline, range_error(1, MAX_INT32)))
     w.int(spec, "terminationGracePeriodSeconds", child(path, "terminationGracePeriodSeconds"))
-    w.arr(spec, "tolerations", child(path, "tolerations"))
+    tol_path = child(path, "tolerations")
+    for _, tol, tp in w.items(w.arr(spec, "tolerations", tol_path), tol_path, "object"):
+        _typed(w, tol, tp, ("key", "operator", "value", "effect"), ("tolerationSeconds",))
     w.add(*validate_labels(w.obj(spec, "nodeSelector", child(path, "nodeSelector")),
                            child(path, "nodeSelector")))
 
@@ -295,6 +310,12 @@ def _container(w: Walk, c: dict, path: str, names: set[str], host_network: bool)
         names.add(name)
     if not w.str(c, "image", child(path, "image")):
         w.add(required(child(path, "image")))
+    env_path = child(path, "env")
+    for _, env, ep in w.items(w.arr(c, "env", env_path), env_path, "object"):
+        if not w.str(env, "name", child(ep, "name")):
+            w.add(required(child(ep, "name")))
+        w.str(env, "value", child(ep, "value"))
+        w.obj(env, "valueFrom", child(ep, "valueFrom"))
     port_names: set[str] = set()
     ports_path = child(path, "ports")
     for _, port, pp in w.items(w.arr(c, "ports", ports_path), ports_path, "object"):
@@ -764,7 +785,8 @@ def _endpoints(w: Walk, obj: dict, old: dict | None, op: str) -> None:
                        child(ap, "hostname"), dns1123_label_errors)
                 _check(w, w.str(addr, "nodeName", child(ap, "nodeName")),
                        child(ap, "nodeName"), dns1123_subdomain_errors)
-                w.obj(addr, "targetRef", child(ap, "targetRef"))
+                _typed(w, w.obj(addr, "targetRef", child(ap, "targetRef")), child(ap, "targetRef"),
+                       _OBJECT_REF)
         if not found:
             w.add(required(sp, "must specify `addresses` or `notReadyAddresses`"))
         ports = list(w.items(w.arr(subset, "ports", child(sp, "ports")), child(sp, "ports"),
@@ -825,7 +847,7 @@ def _endpoint_slice(w: Walk, obj: dict, old: dict | None, op: str) -> None:
         _check(w, w.str(ep, "hostname", child(p, "hostname")), child(p, "hostname"),
                dns1123_label_errors)
         w.str(ep, "zone", child(p, "zone"))
-        w.obj(ep, "targetRef", child(p, "targetRef"))
+        _typed(w, w.obj(ep, "targetRef", child(p, "targetRef")), child(p, "targetRef"), _OBJECT_REF)
         topology = w.obj(ep, "deprecatedTopology", child(p, "deprecatedTopology"))
         if topology and len(topology) > 16:
             w.add(too_many(child(p, "deprecatedTopology"), len(topology), 16))
@@ -909,6 +931,10 @@ def _node(w: Walk, obj: dict, old: dict | None, op: str) -> None:
     addrs = [(w.str(a, "type", child(p, "type")) or "", w.str(a, "address", child(p, "address"))
               or "", p) for _, a, p in w.items(w.arr(status, "addresses", "status.addresses"),
                                                "status.addresses", "object")]
+    for _, cond, cp in w.items(w.arr(status, "conditions", "status.conditions"),
+                               "status.conditions", "object"):
+        _typed(w, cond, cp, ("type", "status", "reason", "message", "lastHeartbeatTime",
+                             "lastTransitionTime"))
     if op == "create" or old is None:
         return
     for i, (t, a, p) in enumerate(addrs):  # ValidateNodeUpdate: no repeated address
@@ -1006,10 +1032,9 @@ def _event(w: Walk, obj: dict, old: dict | None, op: str) -> None:
                 w.add(invalid(field, "", f"can have at most {limit} characters"))
         if len(w.str(obj, "message", "message") or "") > 1024:
             w.add(invalid("message", "", "can have at most 1024 characters"))
-    for field in ("reason", "message", "type"):
-        w.str(obj, field, field)
-    w.int(obj, "count", "count")
-    w.obj(obj, "source", "source")
+    _typed(w, obj, "", ("reason", "message", "type", "firstTimestamp", "lastTimestamp", "action",
+                        "reportingInstance"), ("count",))
+    _typed(w, w.obj(obj, "source", "source"), "source", ("component", "host"))
     w.add(*[invalid("namespace", ns, m) for m in dns1123_subdomain_errors(ns)])
 
 
