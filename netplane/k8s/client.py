@@ -165,6 +165,9 @@ class Watch:
         self._description = description
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
+        # Our own reference: for a "Connection: close" response http.client hands the socket to
+        # the response and sets conn.sock to None, and close() must still be able to shut it down.
+        self._sock: socket.socket | None = None
         self._resp: http.client.HTTPResponse | None = None
         self._closed = False
         self._opened = False
@@ -188,6 +191,7 @@ class Watch:
             conn.connect()
             _set_keepalive(conn.sock)
             with self._lock:
+                self._sock = conn.sock
                 if self._closed:
                     raise _Closed
             conn.request("GET", self._url, headers=self._client._headers())
@@ -287,11 +291,11 @@ class Watch:
         """End the watch; safe from another thread while one is blocked reading it."""
         with self._lock:
             self._closed = True
-            conn = self._conn
-        if conn is not None and conn.sock is not None:
+            sock = self._sock
+        if sock is not None:
             try:
                 # shutdown (unlike close) wakes a thread blocked in recv on this socket.
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except (OSError, ValueError, AttributeError):
                 pass
         self._finish()
