@@ -91,7 +91,7 @@ def _add_exec(p: argparse.ArgumentParser) -> None:
     where.add_argument("--node", metavar="NODE", help="run on a node (in its network namespace)")
     where.add_argument("--host", metavar="HOST", help="run on an external host of the topology")
     p.add_argument("pod", nargs="?", metavar="POD", help="run in this pod's network namespace")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...",
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...",
                    help="the command; its exit code is passed through")
 
 
@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `netplane status | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 141
     except Exception as exc:  # the CLI is the one place that turns errors into text for the user
         from netplane.errors import NetplaneError
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from netplane.errors import ConfigError
+from netplane.errors import ConfigError, NetplaneError
 from netplane.sandbox import network
 from netplane.sandbox.names import CLUSTER_NAME, ClusterNames
 from netplane.sandbox.state import clusters, pid_alive, read_state
@@ -51,9 +51,9 @@ def run_up(args: argparse.Namespace) -> int:
 
     _require_root()
     topology = load_topology(args.topology or DEFAULT_TOPOLOGY)
-    name = args.name or topology.name
-    if not CLUSTER_NAME.match(name):
-        raise ConfigError(f"--name {name!r}: 1-8 characters a-z0-9 (it goes into interface names)")
+    if args.name:
+        topology = topology.renamed(args.name)
+    name = topology.name
     if args.foreground:
         from netplane.sandbox.daemon import run_foreground
 
@@ -141,6 +141,9 @@ def run_down(args: argparse.Namespace) -> int:
     removed = network.teardown(names)  # whatever the daemon did not (or could not) remove
     existed = os.path.isdir(names.state_dir)
     shutil.rmtree(names.state_dir, ignore_errors=True)
+    left = network.leftovers(names)
+    if left:
+        raise NetplaneError(f"cluster {name!r}: could not remove {', '.join(left)} (see the log above)")
     if removed or existed or state:
         print(f"cluster {name!r} removed" + (f" (cleaned up leftovers: {', '.join(removed)})" if removed else ""))
     else:
@@ -196,7 +199,7 @@ def run_exec(args: argparse.Namespace) -> int:
     state = read_state(names)
     if not state:
         raise ConfigError(f"cluster {names.cluster!r} is not running")
-    cmd = list(args.command)
+    cmd = list(args.argv)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if (args.node or args.host) and args.pod:  # `exec --node N -- CMD`: CMD's first word landed in POD

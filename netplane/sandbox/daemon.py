@@ -74,6 +74,8 @@ class Cluster:
         log.info("building the network: underlay %s, nodes %s, hosts %s", self.plan.subnet,
                  dict(self.plan.nodes), dict(self.plan.hosts))
         network.build(n, self.plan, node_names=topo.node_names, host_names=[h.name for h in topo.hosts])
+        for node in topo.node_names:
+            os.makedirs(n.node_dir(node), exist_ok=True)
         self._start_apiserver()
         self._register_nodes()
         self._start_controllers()
@@ -177,6 +179,13 @@ class Cluster:
             rules = ("*nat\n:NETPLANE-MASQ - [0:0]\n-A POSTROUTING -j NETPLANE-MASQ\n"
                      f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -d {self.topology.cluster_cidr} -j RETURN\n"
                      f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -j MASQUERADE\nCOMMIT\n")
+            if not self.topology.dns:
+                # No cluster DNS runs: refuse queries to its address at once, so resolvers in pods
+                # (e.g. http.server's reverse lookup at start) fail fast instead of timing out.
+                dns = self.topology.dns_ip
+                rules += ("*filter\n:NETPLANE-NODNS - [0:0]\n-A FORWARD -j NETPLANE-NODNS\n"
+                          f"-A NETPLANE-NODNS -d {dns} -p udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
+                          f"-A NETPLANE-NODNS -d {dns} -p tcp --dport 53 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
             network.run(["ip", "netns", "exec", self.names.node(node), "iptables-restore", "--noflush"], input=rules)
 
     def _start_node_routes(self) -> None:

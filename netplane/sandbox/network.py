@@ -79,7 +79,6 @@ def build(names: ClusterNames, plan: UnderlayPlan, *, node_names: Sequence[str],
         _attach(names, names.node(name), name, plan.nodes[name], plan)
         sysctls(names.node(name), NODE_SYSCTLS)
         os.makedirs(names.node_cgroup(name), exist_ok=True)
-        os.makedirs(names.node_dir(name), exist_ok=True)
     for name in host_names:
         _attach(names, names.host(name), name, plan.hosts[name], plan)
         sysctls(names.host(name), {"net.ipv4.ping_group_range": "0 2147483647"})
@@ -164,9 +163,23 @@ def teardown(names: ClusterNames) -> list[str]:
             removed.append(f"netns {ns}")
         else:
             log.warning("ip netns del %s: %s", ns, proc.stderr.strip())
+    for parent in (os.path.dirname(names.cgroup_dir), os.path.dirname(names.state_dir)):
+        try:
+            os.rmdir(parent)  # only when no other cluster uses it
+        except OSError:
+            pass
     if os.path.isdir(ETC_NETNS):
         for entry in os.listdir(ETC_NETNS):
             if entry.startswith(names.prefix):
                 shutil.rmtree(os.path.join(ETC_NETNS, entry), ignore_errors=True)
                 removed.append(f"{ETC_NETNS}/{entry}")
     return removed
+
+
+def leftovers(names: ClusterNames) -> list[str]:
+    """What of cluster `names` still exists (empty after a complete teardown)."""
+    left = [f"netns {ns}" for ns in netns_list() if ns.startswith(names.prefix)]
+    left += [path for path in (names.state_dir, names.cgroup_dir) if os.path.exists(path)]
+    if os.path.isdir(ETC_NETNS):
+        left += [f"{ETC_NETNS}/{e}" for e in os.listdir(ETC_NETNS) if e.startswith(names.prefix)]
+    return left

@@ -191,3 +191,99 @@ def run_in() -> Callable[..., subprocess.CompletedProcess[str]]:
 def ping() -> Callable[..., bool]:
     """``ping(ns, address, count=1, timeout=1.0) -> bool`` with real ICMP packets."""
     return ping_from
+
+
+# -- sandbox clusters -------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NETPLANE = os.path.join(os.path.dirname(sys.executable), "netplane")
+
+
+@dataclass
+class Sandbox:
+    """A running `netplane up` cluster, driven the way a user drives it: CLI and kubectl."""
+
+    name: str
+    kubeconfig: str
+    state: dict
+
+    def netplane(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([NETPLANE, *args], capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"netplane {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, *args], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def exec(self, pod: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.netplane("exec", "--name", self.name, pod, "--", *cmd, check=check, timeout=timeout)
+
+    def pod_json(self, pod: str, namespace: str = "default") -> dict:
+        import json
+
+        return json.loads(self.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+
+    def wait_ready(self, pod: str, namespace: str = "default", timeout: float = 30) -> dict:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = self.pod_json(pod, namespace)
+            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+            if conds.get("Ready") == "True":
+                return obj
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pod {namespace}/{pod} not Ready after {timeout}s: {obj.get('status')}")
+            time.sleep(0.2)
+
+
+def sandbox_leftovers(name: str) -> list[str]:
+    """Everything of cluster `name` that should be gone after `netplane down`."""
+    from netplane.sandbox.names import ClusterNames
+    from netplane.sandbox.network import leftovers
+
+    return leftovers(ClusterNames(name))
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
+    """`make(topology="topologies/default.yaml") -> Sandbox`: a fresh cluster with a unique name;
+    always removed with `netplane down` at teardown, which then must leave nothing behind."""
+    import json
+
+    reason = netns_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    made: list[str] = []
+
+    def make(topology: str = "topologies/default.yaml", timeout: float = 120) -> Sandbox:
+        name = "t" + secrets.token_hex(3)
+        made.append(name)
+        path = topology if os.path.isabs(topology) else os.path.join(REPO, topology)
+        proc = subprocess.run([NETPLANE, "up", path, "--name", name, "--timeout", str(timeout)],
+                              capture_output=True, text=True, timeout=timeout + 60)
+        if proc.returncode != 0:
+            raise AssertionError(f"netplane up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        from netplane.sandbox.names import ClusterNames
+
+        names = ClusterNames(name)
+        with open(names.state_file) as f:
+            state = json.load(f)
+        return Sandbox(name, names.kubeconfig, state)
+
+    yield make
+    problems = []
+    for name in made:
+        down = subprocess.run([NETPLANE, "down", "--name", name], capture_output=True, text=True, timeout=120)
+        if down.returncode != 0:
+            problems.append(f"netplane down --name {name}: {down.stderr}")
+        left = sandbox_leftovers(name)
+        if left:
+            problems.append(f"cluster {name} left: {left}")
+    assert not problems, "\n".join(problems)

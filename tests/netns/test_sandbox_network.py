@@ -47,6 +47,7 @@ def cluster():
         network.teardown(names)
         assert not [ns for ns in network.netns_list() if ns.startswith(names.prefix)]
         assert not os.path.exists(names.cgroup_dir)
+        assert not os.path.exists(names.state_dir)
         assert root_netns_snapshot() == before
 
 
