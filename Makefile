@@ -58,7 +58,7 @@ $(VENV_STAMP): $(VENV)/pyvenv.cfg | $(SYSTEM_STAMP)
 test: setup ## run the test suite (.venv/bin/pytest -q PYTEST_ARGS)
 	$(VENV_BIN)/pytest -q $(PYTEST_ARGS)
 
-demo: setup ## start the embedded apiserver and drive it with kubectl (scripts/demo.sh)
+demo: setup ## a sandbox cluster: up, kubectl, pod-to-pod traffic, down (scripts/demo.sh)
 	bash scripts/demo.sh
 
 clean: ## remove .venv and the setup stamps (system packages stay)
