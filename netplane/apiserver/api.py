@@ -356,25 +356,32 @@ class Api:
         subresource: str | None = None, dry_run: bool = False,
     ) -> Stored:
         with self.store.lock:
-            ns = self._check_namespace(rt, ns)
-            current = self.store.get(rt.key, ns, name)
-            if current is None:
-                raise st.not_found(rt, name)
+            ns, current = self._current(rt, ns, name)
             obj = self._load_body(rt, ns, body, name)
-            want_rv = obj["metadata"].get("resourceVersion")
-            if want_rv not in (None, "") and str(want_rv) != current.obj["metadata"]["resourceVersion"]:
-                raise st.conflict(rt, name, st.STALE)
+            self._check_precondition_rv(rt, name, obj, current)
             return self._write_update(rt, ns, name, current, obj, subresource, dry_run)
+
+    def _current(self, rt: ResourceType, ns: str | None, name: str) -> tuple[str, Stored]:
+        """The namespace (checked to exist) and the stored object, or 404."""
+        ns = self._check_namespace(rt, ns)
+        current = self.store.get(rt.key, ns, name)
+        if current is None:
+            raise st.not_found(rt, name)
+        return ns, current
+
+    @staticmethod
+    def _check_precondition_rv(rt: ResourceType, name: str, obj: dict[str, Any], current: Stored) -> None:
+        """Optimistic concurrency: a resourceVersion in the body must be the stored one (409)."""
+        want_rv = obj["metadata"].get("resourceVersion")
+        if want_rv not in (None, "") and str(want_rv) != current.obj["metadata"]["resourceVersion"]:
+            raise st.conflict(rt, name, st.STALE)
 
     def patch(
         self, rt: ResourceType, ns: str | None, name: str, content_type: str, body: bytes, *,
         subresource: str | None = None, dry_run: bool = False,
     ) -> Stored:
         with self.store.lock:
-            ns = self._check_namespace(rt, ns)
-            current = self.store.get(rt.key, ns, name)
-            if current is None:
-                raise st.not_found(rt, name)
+            ns, current = self._current(rt, ns, name)
             try:
                 patched = apply_patch(current.obj, content_type, body, rt.kind)
             except RecursionError:  # decoding and merging recurse once per nesting level
@@ -388,9 +395,7 @@ class Api:
             obj = self._load_body(rt, ns, patched, name)
             # A patch may carry a resourceVersion precondition (kubectl apply does not, a json patch
             # `test`/`replace` of it does): honour it like an update.
-            want_rv = obj["metadata"].get("resourceVersion")
-            if want_rv not in (None, "") and str(want_rv) != current.obj["metadata"]["resourceVersion"]:
-                raise st.conflict(rt, name, st.STALE)
+            self._check_precondition_rv(rt, name, obj, current)
             return self._write_update(rt, ns, name, current, obj, subresource, dry_run)
 
     def bind(
@@ -412,10 +417,7 @@ class Api:
             raise st.invalid(rt, name, [{"reason": "FieldValueRequired", "field": "target.name",
                                          "message": "Required value"}])
         with self.store.lock:
-            ns = self._check_namespace(rt, ns)
-            current = self.store.get(rt.key, ns, name)
-            if current is None:
-                raise st.not_found(rt, name)
+            ns, current = self._current(rt, ns, name)
             obj = copy.deepcopy(current.obj)
             pod_meta, spec = obj["metadata"], obj.setdefault("spec", {})
             if meta.get("uid") and meta["uid"] != pod_meta.get("uid"):
@@ -511,10 +513,7 @@ class Api:
         if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
             raise st.bad_request(f"invalid gracePeriodSeconds {grace!r}: must be an integer")
         with self.store.lock:
-            ns = self._check_namespace(rt, ns)
-            current = self.store.get(rt.key, ns, name)
-            if current is None:
-                raise st.not_found(rt, name)
+            ns, current = self._current(rt, ns, name)
             meta = current.obj["metadata"]
             pre = options.get("preconditions") or {}
             if pre.get("uid") and pre["uid"] != meta.get("uid"):

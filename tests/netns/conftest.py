@@ -287,3 +287,24 @@ def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
         if left:
             problems.append(f"cluster {name} left: {left}")
     assert not problems, "\n".join(problems)
+
+
+def root_netns_state() -> dict[str, str]:
+    """The root namespace's links, addresses, routes, rules and iptables rules: tests assert it
+    is identical before and after, because nothing of netplane may ever live there."""
+    def out(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout
+
+    return {
+        "links": out("ip", "-o", "link", "show"),
+        "addrs": out("ip", "-o", "addr", "show"),
+        "routes": out("ip", "route", "show", "table", "all"),
+        "rules": out("ip", "rule", "show"),
+        "iptables": "\n".join(l for l in out("iptables-save").splitlines() if not l.startswith("#")),
+        "ip_forward": open("/proc/sys/net/ipv4/ip_forward").read(),
+    }
+
+
+@pytest.fixture
+def root_netns_snapshot() -> Callable[[], dict[str, str]]:
+    return root_netns_state

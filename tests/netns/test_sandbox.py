@@ -20,26 +20,13 @@ pytestmark = pytest.mark.netns
 NETPLANE = os.path.join(os.path.dirname(sys.executable), "netplane")
 
 
-def root_snapshot() -> dict[str, str]:
-    def out(*cmd: str) -> str:
-        return subprocess.run(cmd, capture_output=True, text=True).stdout
-
-    return {
-        "links": out("ip", "-o", "link", "show"),
-        "addrs": out("ip", "-o", "addr", "show"),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "rules": out("ip", "rule", "show"),
-        "iptables": "\n".join(l for l in out("iptables-save").splitlines() if not l.startswith("#")),
-    }
-
-
 def http_code(sb, pod: str, url: str) -> str:
     return sb.exec(pod, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url,
                    check=False).stdout
 
 
-def test_default_cluster_end_to_end(sandbox_factory):
-    before = root_snapshot()
+def test_default_cluster_end_to_end(sandbox_factory, root_netns_snapshot):
+    before = root_netns_snapshot()
     sb = sandbox_factory()
 
     nodes = json.loads(sb.kubectl("get", "nodes", "-o", "json").stdout)["items"]
@@ -130,7 +117,7 @@ spec:
     ipam_dir = os.path.join(ClusterNames(sb.name).node_dir("node2"), "ipam")
     reserved = {f for d, _, fs in os.walk(ipam_dir) for f in fs}
     assert gated_ip not in reserved, "the deleted pod's IP is still reserved"
-    assert root_snapshot() == before
+    assert root_netns_snapshot() == before
 
 
 def test_two_sandboxes_side_by_side(sandbox_factory):

@@ -21,24 +21,8 @@ pytestmark = [
 ]
 
 
-def root_netns_snapshot() -> dict[str, str]:
-    """What must be identical in the root namespace before and after (links, addresses, routes,
-    rules, iptables, forwarding sysctl)."""
-    def out(*cmd: str) -> str:
-        return subprocess.run(cmd, capture_output=True, text=True).stdout
-
-    return {
-        "links": out("ip", "-o", "link", "show"),
-        "addrs": out("ip", "-o", "addr", "show"),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "rules": out("ip", "rule", "show"),
-        "iptables": "\n".join(l for l in out("iptables-save").splitlines() if not l.startswith("#")),
-        "ip_forward": open("/proc/sys/net/ipv4/ip_forward").read(),
-    }
-
-
 @pytest.fixture
-def cluster():
+def cluster(root_netns_snapshot):
     names = ClusterNames("t" + uuid.uuid4().hex[:6])
     before = root_netns_snapshot()
     try:
