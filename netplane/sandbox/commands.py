@@ -57,14 +57,15 @@ def run_up(args: argparse.Namespace) -> int:
     if args.foreground:
         from netplane.sandbox.daemon import run_foreground
 
-        return run_foreground(topology, name, detached=args.detached)
+        return run_foreground(topology, name, detached=args.detached, ready_timeout=args.timeout)
     names = ClusterNames(name)
     state = read_state(names)
     if state is not None or any(ns.startswith(names.prefix) for ns in network.netns_list()):
         raise ConfigError(f"cluster {name!r} exists already: use it, or 'netplane down --name {name}' first")
     os.makedirs(names.state_dir, mode=0o700, exist_ok=True)
+    # The daemon gives up a little before us, so its failure report (which pod) reaches us.
     cmd = [sys.executable, "-m", "netplane", "up", str(topology.source), "--name", name,
-           "--foreground", "--detached"]
+           "--foreground", "--detached", "--timeout", str(max(1.0, args.timeout - 2))]
     with open(names.log_file, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, close_fds=True)

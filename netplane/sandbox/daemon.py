@@ -37,8 +37,11 @@ BRIDGE_CNI_BIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
 
 
 class Cluster:
-    def __init__(self, topology: Topology, name: str | None = None):
+    def __init__(self, topology: Topology, name: str | None = None, *, ready_timeout: float = 90.0):
         self.topology = topology
+        self.ready_timeout = ready_timeout
+        # Set by SIGTERM/SIGINT; bring-up waits check it so a stop never waits for their timeouts.
+        self.stopping = threading.Event()
         self.names = ClusterNames(name or topology.name)
         self.plan = topology.underlay_plan
         self.state: dict[str, Any] = {}
@@ -84,7 +87,7 @@ class Cluster:
         self._start_node_routes()
         self._start_kubelets()
         self._apply_manifests()
-        self._wait_manifest_pods_ready(timeout=90)
+        self._wait_manifest_pods_ready(timeout=self.ready_timeout)
         self._publish("ready")
         log.info("cluster %s ready", n.cluster)
 
@@ -154,7 +157,7 @@ class Cluster:
                 return {k: v for k, v in cidrs.items() if v}
             if time.monotonic() > deadline:
                 raise NetplaneError(f"nodes got no podCIDR within {timeout:.0f}s: {cidrs}")
-            time.sleep(0.1)
+            self._pause(0.1)
 
     def _write_cni_configs(self, pod_cidrs: dict[str, str]) -> None:
         """The interim default CNI (until netplane's own): the reference bridge + host-local."""
@@ -273,7 +276,11 @@ class Cluster:
                 return
             if time.monotonic() > deadline:
                 raise NetplaneError(f"pods not ready after {timeout:.0f}s: {', '.join(pending)}")
-            time.sleep(0.2)
+            self._pause(0.2)
+
+    def _pause(self, seconds: float) -> None:
+        if self.stopping.wait(seconds):
+            raise NetplaneError("stopped (SIGTERM) while the cluster was coming up")
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -303,11 +310,12 @@ class Cluster:
             shutil.rmtree(self.names.state_dir, ignore_errors=True)
 
 
-def run_foreground(topology: Topology, name: str | None, *, detached: bool = False) -> int:
+def run_foreground(topology: Topology, name: str | None, *, detached: bool = False,
+                   ready_timeout: float = 90.0) -> int:
     """Build the cluster, serve until SIGTERM/SIGINT, tear down. `netplane up` runs this in a
     detached child (detached=True keeps a failure report for it); `up --foreground` directly."""
-    cluster = Cluster(topology, name)
-    stop = threading.Event()
+    cluster = Cluster(topology, name, ready_timeout=ready_timeout)
+    stop = cluster.stopping
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:

@@ -174,3 +174,31 @@ def test_bad_topology_is_rejected_before_anything_is_created(tmp_path):
     assert f"{bad}:4" in proc.stderr and "duplicate" in proc.stderr, proc.stderr
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before
     assert not os.path.exists(ClusterNames("bad").state_dir)
+
+
+def test_failed_up_cleans_up_after_itself(tmp_path):
+    """A cluster whose pod never gets Ready: `up` gives up at its timeout, reports the pod, and
+    leaves nothing behind (namespaces, cgroups, processes, files)."""
+    from netplane.sandbox.network import leftovers
+
+    topo = tmp_path / "never-ready.yaml"
+    topo.write_text("""
+name: fail
+nodes: 1
+manifests:
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: never}
+    spec:
+      containers:
+      - name: c
+        image: netplane/host
+        command: [sleep, infinity]
+        readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+""")
+    name = "f" + os.urandom(3).hex()
+    proc = subprocess.run([NETPLANE, "up", str(topo), "--name", name, "--timeout", "8"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "never" in proc.stderr, proc.stderr
+    assert leftovers(ClusterNames(name)) == []
