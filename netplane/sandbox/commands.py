@@ -54,6 +54,9 @@ def run_up(args: argparse.Namespace) -> int:
     if args.name:
         topology = topology.renamed(args.name)
     name = topology.name
+    unsupported = _unsupported(topology)
+    if unsupported:
+        raise ConfigError(f"{topology.source}: {'; '.join(unsupported)}")
     if args.foreground:
         from netplane.sandbox.daemon import run_foreground
 
@@ -99,6 +102,19 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"  netplane exec POD -- CMD | netplane exec --node NODE -- CMD | netplane status --name {name}")
     print(f"  netplane down --name {name}")
     return 0
+
+
+def _unsupported(topology) -> list[str]:
+    """Topology settings the file format already has but this sandbox cannot provide yet: refuse
+    them by name rather than silently running something else."""
+    out = []
+    if topology.cni != "bridge":
+        out.append(f"cni: {topology.cni!r} is not available yet (only 'bridge', Debian's reference plugins)")
+    if topology.proxy != "none":
+        out.append(f"proxy: {topology.proxy!r} is not available yet (only 'none')")
+    if topology.dns:
+        out.append("dns: true is not available yet (cluster DNS is not implemented)")
+    return out
 
 
 def _tail(path: str, lines: int) -> str:

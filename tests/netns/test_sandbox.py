@@ -202,3 +202,13 @@ manifests:
     assert proc.returncode == 1
     assert "never" in proc.stderr, proc.stderr
     assert leftovers(ClusterNames(name)) == []
+
+
+@pytest.mark.parametrize("setting", ["cni: netplane", "proxy: iptables", "dns: true"])
+def test_settings_not_available_yet_are_refused(tmp_path, setting):
+    topo = tmp_path / "future.yaml"
+    topo.write_text(f"name: fut\nnodes: 1\n{setting}\n")
+    proc = subprocess.run([NETPLANE, "up", str(topo)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert setting.split(":")[0] in proc.stderr and "not available yet" in proc.stderr, proc.stderr
+    assert not os.path.exists(ClusterNames("fut").state_dir)
