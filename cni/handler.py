@@ -1,0 +1,173 @@
+"""What each CNI verb does in the agent: IPAM + pod wiring + the result, with rollback.
+
+The handler turns one forwarded request (env + stdin, as the shim sends it) into the shim's reply
+(exit code + stdout JSON). The kernel work sits behind the `Datapath` port (real: wiring.py;
+tests: a fake), so verb semantics are tested without root.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from netplane.cni import errors as codes
+from netplane.cni.errors import CniError
+from netplane.cni.ipam import Allocation, IpamStore
+from netplane.cni.protocol import CniRequest, build_add_result, error_reply, parse_request, version_reply
+from netplane.cni.wiring import WiredPod
+from netplane.metrics import Counter, Histogram, Registry
+
+log = logging.getLogger(__name__)
+
+
+class Datapath(Protocol):
+    def wire(self, req: CniRequest, alloc: Allocation, mtu: int) -> WiredPod: ...
+    def unwire(self, req: CniRequest) -> None: ...
+    def check(self, req: CniRequest, alloc: Allocation) -> None: ...
+
+
+@dataclass
+class NodeNetwork:
+    """What the handler needs to know about the node; None fields mean "not ready yet"."""
+
+    ipam: IpamStore | None = None
+    mtu: int = 1450
+    ready_reason: str | None = "the agent is starting"  # None when ADD can be served
+
+
+class CniHandler:
+    def __init__(self, datapath: Datapath, network: NodeNetwork, registry: Registry,
+                 on_pod_change: Callable[[], None] | None = None):
+        self.datapath = datapath
+        self.network = network
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._on_pod_change = on_pod_change or (lambda: None)
+        self.requests = Counter(registry, "netplane_cni_requests_total",
+                                "CNI requests handled by the agent, by verb and result", ("verb", "result"))
+        self.latency = Histogram(registry, "netplane_cni_request_duration_seconds",
+                                 "Time to handle a CNI request, by verb", ("verb",))
+
+    # -- entry point ----------------------------------------------------------------------------
+
+    def handle(self, env: Mapping[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
+        """(exit code, stdout JSON or None) for one plugin invocation."""
+        start = time.perf_counter()
+        verb = str(env.get("CNI_COMMAND") or "?")
+        version = "1.1.0"
+        try:
+            if verb == "VERSION":
+                return 0, version_reply()
+            req = parse_request(env, stdin)
+            version = req.cni_version
+            verb = req.command
+            out = self._dispatch(req)
+            self.requests.inc(verb, "success")
+            return 0, out
+        except CniError as e:
+            self.requests.inc(verb, f"error{e.code}")
+            log.warning("CNI %s %s/%s failed: %s", verb, env.get("CNI_CONTAINERID", "-"),
+                        env.get("CNI_IFNAME", "-"), e)
+            return 1, error_reply(e, version)
+        except Exception as e:  # a bug must still give the runtime a well-formed error
+            self.requests.inc(verb, "error999")
+            log.exception("CNI %s crashed", verb)
+            return 1, error_reply(CniError(999, f"internal error in netplane agent: {e}", ""), version)
+        finally:
+            self.latency.observe(time.perf_counter() - start, verb)
+
+    def _dispatch(self, req: CniRequest) -> dict[str, Any] | None:
+        if req.command == "STATUS":
+            return self._status()
+        if req.command == "GC":
+            return self._gc(req)
+        with self._key_lock(req.container_id, req.ifname):
+            if req.command == "ADD":
+                return self._add(req)
+            if req.command == "DEL":
+                self._del(req)
+                return None
+            if req.command == "CHECK":
+                self._check(req)
+                return None
+        raise CniError(codes.INVALID_ENV, f"unknown CNI_COMMAND: {req.command}", "")
+
+    def _key_lock(self, container_id: str, ifname: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._key_locks.setdefault((container_id, ifname), threading.Lock())
+
+    def _ipam(self) -> IpamStore:
+        if self.network.ipam is None or self.network.ready_reason:
+            raise CniError(codes.TRY_AGAIN_LATER, f"netplane agent not ready: {self.network.ready_reason}", "")
+        return self.network.ipam
+
+    # -- verbs ----------------------------------------------------------------------------------
+
+    def _add(self, req: CniRequest) -> dict[str, Any]:
+        ipam = self._ipam()
+        mtu = int(req.config.get("mtu") or self.network.mtu)
+        alloc = ipam.allocate(req.container_id, req.ifname)
+        try:
+            wired = self.datapath.wire(req, alloc, mtu)
+        except BaseException:
+            # Nothing partially left behind: the wiring rolled itself back; give the IP back too.
+            ipam.release(req.container_id, req.ifname)
+            raise
+        self._on_pod_change()
+        return build_add_result(
+            req.cni_version, host_ifname=wired.host_ifname, host_mac=wired.host_mac,
+            pod_ifname=req.ifname, pod_mac=wired.pod_mac, netns=req.netns or "", mtu=wired.mtu,
+            ip=alloc.ip, prefixlen=alloc.prefixlen, gateway=alloc.gateway,
+            routes=[{"dst": "0.0.0.0/0", "gw": alloc.gateway}],
+        )
+
+    def _del(self, req: CniRequest) -> None:
+        # DEL is best effort and must succeed when things are already gone; the IP is released
+        # even when the namespace or the wiring is gone (the classic IPAM leak otherwise).
+        try:
+            self.datapath.unwire(req)
+        except CniError as e:
+            log.warning("DEL %s/%s: unwiring: %s (releasing the IP anyway)", req.container_id, req.ifname, e)
+        if self.network.ipam is not None:
+            self.network.ipam.release(req.container_id, req.ifname)
+        self._on_pod_change()
+
+    def _check(self, req: CniRequest) -> None:
+        ipam = self._ipam()
+        alloc = next((a for a in ipam.allocations()
+                      if (a.container_id, a.ifname) == (req.container_id, req.ifname)), None)
+        if alloc is None:
+            raise CniError(codes.CHECK_FAILURE,
+                           f"no IP is reserved for container {req.container_id} interface {req.ifname}", "")
+        self.datapath.check(req, alloc)
+
+    def _gc(self, req: CniRequest) -> None:
+        valid = {(a["containerID"], a["ifname"]) for a in req.valid_attachments or ()}
+        ipam = self._ipam()
+        released = ipam.gc(valid)
+        for alloc in released:
+            stale = CniRequest(command="DEL", container_id=alloc.container_id, netns="", ifname=alloc.ifname,
+                               args={}, path="", config=req.config, cni_version=req.cni_version,
+                               prev_result=None, valid_attachments=())
+            try:
+                self.datapath.unwire(stale)
+            except CniError as e:  # GC keeps going past errors (spec)
+                log.warning("GC: unwiring %s/%s: %s", alloc.container_id, alloc.ifname, e)
+        if released:
+            log.info("GC released %d attachments: %s", len(released),
+                     ", ".join(f"{a.container_id}/{a.ifname}={a.ip}" for a in released))
+            self._on_pod_change()
+        return None
+
+    def _status(self) -> None:
+        if self.network.ready_reason:
+            raise CniError(codes.NOT_AVAILABLE, f"netplane agent cannot add pods: {self.network.ready_reason}", "")
+        ipam = self._ipam()
+        used, capacity = ipam.usage()
+        if used >= capacity:
+            raise CniError(codes.NOT_AVAILABLE, f"no free pod IPs: {used} of {capacity} in use", "")
+        return None
