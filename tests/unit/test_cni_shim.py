@@ -1,0 +1,491 @@
+"""The bash CNI shim (cni/shim/netplane) against a fake agent on a unix socket.
+
+No root: the shim only talks HTTP over a unix socket and writes spool files. The fake agent is
+a threading HTTP server in a short /tmp directory (sun_path is limited to 108 bytes) that
+answers scripted replies and records every request, so the tests see exactly what the shim sent.
+The shim runs with a PATH holding only bash, curl, jq and the coreutils it needs, which is what
+a kind node offers (no python3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netplane.cni import protocol
+from netplane.cni.protocol import parse_shim_request, parse_spooled_del, shim_reply
+
+SHIM = Path(__file__).resolve().parents[2] / "cni" / "shim" / "netplane"
+# Everything the shim may execute besides bash builtins.
+TOOLS = ("bash", "curl", "jq", "base64", "mkdir", "mktemp", "mv", "rm", "tr")
+CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeAgent:
+    """Replies are popped from `script` (status, body bytes, delay s); the default is success."""
+
+    sock: str
+    requests: list[Recorded] = field(default_factory=list)
+    script: list[tuple[int, bytes, float]] = field(default_factory=list)
+
+    def reply(self, exit_code: int, stdout_obj: dict[str, Any] | None) -> None:
+        self.script.append((200, json.dumps(shim_reply(exit_code, stdout_obj)).encode(), 0.0))
+
+    def raw(self, status: int, body: bytes, delay: float = 0.0) -> None:
+        self.script.append((status, body, delay))
+
+    def next(self) -> tuple[int, bytes, float]:
+        if self.script:
+            return self.script.pop(0)
+        return 200, json.dumps(shim_reply(0, None)).encode(), 0.0
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+def _handler(agent: FakeAgent) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def address_string(self) -> str:
+            return "unix"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            agent.requests.append(Recorded("POST", self.path, dict(self.headers), body))
+            status, data, delay = agent.next()
+            if delay:
+                time.sleep(delay)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:
+                pass  # the shim gave up (timeout test)
+
+    return Handler
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="npshim", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(sockdir: Path) -> Iterator[FakeAgent]:
+    fake = FakeAgent(str(sockdir / "agent.sock"))
+    server = _Server(fake.sock, _handler(fake))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def toolbin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bin")
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        assert found, f"{tool} is needed to run the shim"
+        (d / tool).symlink_to(found)
+    return d
+
+
+@pytest.fixture
+def nojq_bin(toolbin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tools minus jq: proves the common path does not start jq (~20 ms each on kind)."""
+    d = tmp_path_factory.mktemp("bin-nojq")
+    for tool in TOOLS:
+        if tool != "jq":
+            (d / tool).symlink_to((toolbin / tool).resolve())
+    return d
+
+
+@pytest.fixture
+def run(toolbin: Path, tmp_path: Path):
+    """Run the shim with a clean env: only what the test passes (plus PATH, TMPDIR)."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+
+    def _run(env: dict[str, str], stdin: bytes = b"", timeout: float = 30,
+             path: Path | None = None) -> subprocess.CompletedProcess:
+        full = {"PATH": str(path or toolbin), "TMPDIR": str(tmpdir),
+                "NETPLANE_CNI_SPOOL": str(tmp_path / "spool"), **env}
+        proc = subprocess.run([str(SHIM)], input=stdin, env=full, capture_output=True, timeout=timeout)
+        assert list(tmpdir.iterdir()) == [], "the shim left files in TMPDIR"
+        return proc
+
+    return _run
+
+
+def conf(version: str = "1.1.0", **extra: Any) -> bytes:
+    return json.dumps({"cniVersion": version, "name": "netplane", "type": "netplane", **extra}).encode()
+
+
+def cni_env(command: str, sock: str | None = None, **extra: str) -> dict[str, str]:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": CID, "CNI_NETNS": "/var/run/netns/cni-1234",
+           "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+           "CNI_PATH": "/opt/cni/bin"}
+    if sock is not None:
+        env["NETPLANE_AGENT_SOCKET"] = sock
+    env.update(extra)
+    return env
+
+
+def error_of(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    assert proc.returncode == 1, proc
+    assert proc.stderr == b"", proc.stderr
+    return json.loads(proc.stdout)
+
+
+# --------------------------------------------------------------------------- VERSION
+
+
+def test_shim_is_an_executable_bash_script() -> None:
+    assert os.access(SHIM, os.X_OK)
+    assert SHIM.read_text().startswith("#!/bin/bash\n")
+    assert subprocess.run(["bash", "-n", str(SHIM)]).returncode == 0
+
+
+def test_version_matches_protocol_and_needs_no_agent_nor_stdin(toolbin: Path, sockdir: Path) -> None:
+    env = {"PATH": str(toolbin), "CNI_COMMAND": "VERSION",
+           "NETPLANE_AGENT_SOCKET": str(sockdir / "nothing-here.sock")}
+    # stdin stays open and empty: a shim that read it would hang until the timeout.
+    proc = subprocess.Popen([str(SHIM)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.wait(timeout=10) == 0
+        out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert err == b""
+    assert json.loads(out) == protocol.version_reply()
+
+
+def test_shim_version_list_is_the_protocol_list() -> None:
+    m = re.search(r"^readonly SUPPORTED='(.*)'$", SHIM.read_text(), re.M)
+    assert m and json.loads(m[1]) == list(protocol.SUPPORTED_VERSIONS)
+
+
+def test_no_command_prints_about_on_stderr_only(run) -> None:
+    proc = run({}, b"")
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert b"netplane" in proc.stderr
+
+
+# --------------------------------------------------------------------------- forwarding
+
+
+def test_add_is_forwarded_byte_exact_and_the_reply_passed_through(run, agent: FakeAgent) -> None:
+    result = {"cniVersion": "1.1.0", "interfaces": [{"name": "np0123456789a"}],
+              "ips": [{"address": "10.244.1.5/32", "gateway": "10.244.1.1", "interface": 1}]}
+    agent.reply(0, result)
+    stdin = conf(note="héllo\ttabs 'quotes' \"dq\" $(not run) `x`") + b"\n\n"
+    env = cni_env("ADD", agent.sock)
+    proc = run(env, stdin)
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert proc.stdout == shim_reply(0, result)["stdout"].encode()  # verbatim
+    [req] = agent.requests
+    assert (req.method, req.path) == ("POST", "/v1/cni")
+    assert req.headers["Content-Type"] == "application/json"
+    got_env, got_stdin = parse_shim_request(req.body)
+    assert got_stdin == stdin
+    assert got_env == {k: env[k] for k in protocol.SHIM_ENV_KEYS}
+    assert set(json.loads(req.body)) == {"env", "stdin"}
+
+
+def test_unset_env_vars_are_sent_as_empty_strings(run, agent: FakeAgent) -> None:
+    proc = run({"CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin", "NETPLANE_AGENT_SOCKET": agent.sock},
+               conf())
+    assert proc.returncode == 0 and proc.stdout == b""
+    env, _ = parse_shim_request(agent.requests[0].body)
+    assert env == {"CNI_COMMAND": "STATUS", "CNI_CONTAINERID": "", "CNI_NETNS": "", "CNI_IFNAME": "",
+                   "CNI_ARGS": "", "CNI_PATH": "/opt/cni/bin"}
+
+
+@pytest.mark.parametrize("exit_code", [1, 7, 255])
+def test_agent_errors_and_exit_codes_pass_through(run, agent: FakeAgent, exit_code: int) -> None:
+    err = {"cniVersion": "1.0.0", "code": 101, "msg": "no IP addresses available"}
+    agent.reply(exit_code, err)
+    proc = run(cni_env("ADD", agent.sock), conf("1.0.0"))
+    assert proc.returncode == exit_code
+    assert json.loads(proc.stdout) == err
+
+
+def test_stdout_keeps_trailing_newlines(run, agent: FakeAgent) -> None:
+    agent.raw(200, json.dumps({"exitCode": 0, "stdout": "{}\n\n"}).encode())
+    proc = run(cni_env("ADD", agent.sock), conf())
+    assert proc.stdout == b"{}\n\n"
+
+
+@pytest.mark.parametrize("command", ["CHECK", "GC", "DEL"])
+def test_other_verbs_are_forwarded(run, agent: FakeAgent, command: str) -> None:
+    proc = run(cni_env(command, agent.sock), conf())
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert parse_shim_request(agent.requests[0].body)[0]["CNI_COMMAND"] == command
+
+
+def test_empty_stdin_is_forwarded(run, agent: FakeAgent) -> None:
+    proc = run(cni_env("DEL", agent.sock), b"")
+    assert proc.returncode == 0
+    assert parse_shim_request(agent.requests[0].body)[1] == b""
+
+
+def test_one_megabyte_stdin_round_trips(run, agent: FakeAgent) -> None:
+    stdin = conf(padding="x" * (1 << 20), more=["ü" * 1000])
+    assert len(stdin) > 1 << 20
+    proc = run(cni_env("ADD", agent.sock), stdin)
+    assert proc.returncode == 0
+    assert parse_shim_request(agent.requests[0].body)[1] == stdin
+
+
+# The reply's stdout is unescaped in bash when it can be, else by jq: both must be verbatim.
+TRICKY_STDOUT = [
+    "", "{}", '{"msg":"a \\"quoted\\" word"}', "back\\slash \\\\ double", "sl/ash \\/ esc",
+    "tab\tnl\ncr\rbs\bff\f", "literal \\n and \\t and \\c and \\x41 and \\u0041 and %s %d %b",
+    "trailing newlines\n\n", "ünïcödé ✓", "\x01\x1f\x7f controls", '\\"', "x" * 70000,
+]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+@pytest.mark.parametrize("text", TRICKY_STDOUT, ids=range(len(TRICKY_STDOUT)))
+def test_reply_stdout_is_printed_verbatim(run, agent: FakeAgent, text: str, ensure_ascii: bool) -> None:
+    agent.raw(200, json.dumps({"exitCode": 3, "stdout": text}, ensure_ascii=ensure_ascii).encode())
+    proc = run(cni_env("ADD", agent.sock), conf())
+    assert proc.returncode == 3 and proc.stderr == b""
+    assert proc.stdout == text.encode()
+
+
+@pytest.mark.parametrize("args", [
+    "IgnoreUnknown=1;K8S_POD_NAME=a\\b\"c", "tab\there", "ctl\x01\x1f\x7fend", "ünïcödé", "100% $HOME `x`",
+])
+def test_env_values_are_json_escaped_exactly(run, agent: FakeAgent, args: str) -> None:
+    proc = run({**cni_env("ADD", agent.sock), "CNI_ARGS": args}, conf())
+    assert proc.returncode == 0, proc
+    assert parse_shim_request(agent.requests[0].body)[0]["CNI_ARGS"] == args
+
+
+def test_common_path_does_not_need_jq(run, agent: FakeAgent, nojq_bin: Path, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    result = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/x"}]}
+    agent.reply(0, result)
+    proc = run(cni_env("ADD", agent.sock), conf(), path=nojq_bin)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert json.loads(proc.stdout) == result
+    proc = run(cni_env("DEL", agent.sock), conf(), path=nojq_bin)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    # Agent down: the spooled DEL is written without jq too.
+    proc = run(cni_env("DEL", agent.sock + ".gone"), conf(), path=nojq_bin)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert [r.command for r in map(parse_spooled_del, (p.read_bytes() for p in spool.iterdir()))] == ["DEL"]
+
+
+def test_escaped_slashes_from_other_encoders(run, agent: FakeAgent) -> None:
+    agent.raw(200, b'{"exitCode":0,"stdout":"{\\"dst\\":\\"0.0.0.0\\/0\\"} \\\\\\/"}')
+    proc = run(cni_env("ADD", agent.sock), conf())
+    assert proc.stdout == b'{"dst":"0.0.0.0/0"} \\/'
+
+
+# --------------------------------------------------------------------------- socket selection
+
+
+def test_socket_from_env_beats_config(run, agent: FakeAgent, sockdir: Path) -> None:
+    proc = run(cni_env("ADD", agent.sock), conf(socket=str(sockdir / "other.sock")))
+    assert proc.returncode == 0 and len(agent.requests) == 1
+
+
+def test_socket_from_config(run, agent: FakeAgent) -> None:
+    proc = run(cni_env("ADD"), conf(socket=agent.sock))
+    assert proc.returncode == 0 and len(agent.requests) == 1
+
+
+def test_socket_default(run) -> None:
+    if os.path.exists(protocol.DEFAULT_SOCKET):
+        pytest.skip("a netplane agent socket exists on this machine")
+    out = error_of(run(cni_env("ADD"), conf()))
+    assert out["code"] == 11
+    assert f"unreachable at {protocol.DEFAULT_SOCKET}:" in out["msg"]
+
+
+def test_config_socket_of_the_wrong_type_is_ignored(run) -> None:
+    if os.path.exists(protocol.DEFAULT_SOCKET):
+        pytest.skip("a netplane agent socket exists on this machine")
+    out = error_of(run(cni_env("ADD"), conf(socket=123)))
+    assert out["code"] == 11 and f"unreachable at {protocol.DEFAULT_SOCKET}:" in out["msg"]
+
+
+# --------------------------------------------------------------------------- agent unreachable
+
+
+@pytest.mark.parametrize("command,code", [("ADD", 11), ("CHECK", 11), ("GC", 11), ("STATUS", 50)])
+def test_agent_down(run, sockdir: Path, command: str, code: int) -> None:
+    sock = str(sockdir / "missing.sock")
+    out = error_of(run(cni_env(command, sock), conf("0.4.0" if command in ("ADD", "CHECK") else "1.1.0")))
+    assert out["code"] == code
+    assert out["msg"].startswith(f"netplane agent unreachable at {sock}: ")
+    assert out["cniVersion"] == ("0.4.0" if command in ("ADD", "CHECK") else "1.1.0")
+
+
+def test_connection_refused_on_a_stale_socket(run, sockdir: Path) -> None:
+    sock = str(sockdir / "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(sock)
+    s.close()  # the file stays, nobody listens: connect() → ECONNREFUSED
+    out = error_of(run(cni_env("ADD", sock), conf()))
+    assert out["code"] == 11 and sock in out["msg"]
+
+
+def test_non_200_counts_as_unreachable(run, agent: FakeAgent) -> None:
+    agent.raw(500, b'{"error": "boom"}')
+    out = error_of(run(cni_env("ADD", agent.sock), conf()))
+    assert out["code"] == 11 and "HTTP 500" in out["msg"]
+
+
+@pytest.mark.parametrize("body", [
+    b"not json", b'{"stdout": ""}', b'{"exitCode": 300, "stdout": ""}', b'{"exitCode": 1.5}',
+    b'{"exitCode": 0, "stdout": {"a": 1}}', b"[]", b"", b"{}{}", b'{"exitCode": 0}{"exitCode": 1}',
+    b'{"exitCode": 0, "stdout": "raw \x01 control"}', b'{"exitCode": 256, "stdout": ""}',
+])
+def test_malformed_reply_counts_as_unreachable(run, agent: FakeAgent, body: bytes) -> None:
+    agent.raw(200, body)
+    out = error_of(run(cni_env("ADD", agent.sock), conf()))
+    assert out["code"] == 11 and "malformed reply" in out["msg"]
+
+
+def test_timeout_counts_as_unreachable(run, agent: FakeAgent) -> None:
+    agent.raw(200, json.dumps(shim_reply(0, None)).encode(), delay=3)
+    start = time.monotonic()
+    out = error_of(run({**cni_env("ADD", agent.sock), "NETPLANE_CNI_TIMEOUT": "1"}, conf()))
+    assert time.monotonic() - start < 2.9
+    assert out["code"] == 11 and "timed out" in out["msg"].lower()
+
+
+def test_error_version_falls_back_to_current_for_unreadable_stdin(run, sockdir: Path) -> None:
+    for stdin in (b"", b"not json", b'{"cniVersion": 1}', b'{"cniVersion": "x.y"}', b"{}{}"):
+        out = error_of(run(cni_env("ADD", str(sockdir / "none.sock")), stdin))
+        assert out["cniVersion"] == "1.1.0", stdin
+
+
+# --------------------------------------------------------------------------- DEL spool
+
+
+def test_del_with_agent_down_succeeds_and_spools(run, sockdir: Path, tmp_path: Path) -> None:
+    env = cni_env("DEL", str(sockdir / "missing.sock"))
+    stdin = conf("1.0.0", prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/32"}]})
+    proc = run(env, stdin)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    spool = tmp_path / "spool"
+    assert [p.name for p in spool.iterdir()] == [f"{CID}-eth0.json"]
+    path = spool / f"{CID}-eth0.json"
+    assert path.stat().st_mode & 0o077 == 0
+    data = path.read_bytes()
+    assert parse_shim_request(data) == ({k: env[k] for k in protocol.SHIM_ENV_KEYS}, stdin)
+    req = parse_spooled_del(data)
+    assert (req.command, req.container_id, req.ifname, req.netns) == ("DEL", CID, "eth0", env["CNI_NETNS"])
+    assert req.cni_version == "1.0.0" and req.config["name"] == "netplane"
+    assert req.args["K8S_POD_NAME"] == "web"
+
+
+def test_del_spool_with_empty_stdin_and_no_netns(run, sockdir: Path, tmp_path: Path) -> None:
+    env = cni_env("DEL", str(sockdir / "missing.sock"), CNI_NETNS="")
+    assert run(env, b"").returncode == 0
+    req = parse_spooled_del((tmp_path / "spool" / f"{CID}-eth0.json").read_bytes())
+    assert (req.container_id, req.ifname, req.netns, req.config) == (CID, "eth0", "", {})
+
+
+def test_del_spool_replaces_an_earlier_entry(run, sockdir: Path, tmp_path: Path) -> None:
+    env = cni_env("DEL", str(sockdir / "missing.sock"))
+    run(env, conf("1.0.0"))
+    run(env, conf("1.1.0"))
+    files = list((tmp_path / "spool").iterdir())
+    assert len(files) == 1
+    assert parse_spooled_del(files[0].read_bytes()).cni_version == "1.1.0"
+
+
+@pytest.mark.parametrize("body", [None, b"garbage"])
+def test_del_spools_when_the_agent_answers_badly(run, agent: FakeAgent, tmp_path: Path, body) -> None:
+    agent.raw(503, b"{}") if body is None else agent.raw(200, body)
+    proc = run(cni_env("DEL", agent.sock), conf())
+    assert (proc.returncode, proc.stdout) == (0, b"")
+    assert (tmp_path / "spool" / f"{CID}-eth0.json").exists()
+
+
+@pytest.mark.parametrize("cid,ifname", [("../../etc/passwd", "eth0"), ("", "eth0"), (CID, "a/b"),
+                                        (CID, ".."), (CID, "x" * 16), (CID, "")])
+def test_del_spool_refuses_names_that_could_escape(run, sockdir: Path, tmp_path: Path,
+                                                    cid: str, ifname: str) -> None:
+    out = error_of(run(cni_env("DEL", str(sockdir / "missing.sock"), CNI_CONTAINERID=cid,
+                               CNI_IFNAME=ifname), conf()))
+    assert out["code"] == 4
+    spool = tmp_path / "spool"
+    assert not spool.exists() or list(spool.iterdir()) == []
+
+
+def test_del_that_cannot_be_recorded_asks_for_a_retry(run, sockdir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = error_of(run({**cni_env("DEL", str(sockdir / "missing.sock")),
+                        "NETPLANE_CNI_SPOOL": str(blocker / "spool")}, conf()))
+    assert out["code"] == 11 and "could not record the DEL" in out["msg"]
+
+
+def test_no_temp_files_left_in_the_spool(run, sockdir: Path, tmp_path: Path) -> None:
+    env = cni_env("DEL", str(sockdir / "missing.sock"))
+    for i in range(3):
+        run({**env, "CNI_IFNAME": f"eth{i}"}, conf())
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == [f"{CID}-eth{i}.json" for i in range(3)]
+
+
+# --------------------------------------------------------------------------- output discipline
+
+
+def test_debug_logs_go_to_stderr_only(run, sockdir: Path) -> None:
+    proc = run({**cni_env("ADD", str(sockdir / "none.sock")), "NETPLANE_CNI_DEBUG": "1"}, conf())
+    assert json.loads(proc.stdout)["code"] == 11  # stdout is exactly one JSON document
+    assert b"unreachable" in proc.stderr
+
+
+def test_the_shim_does_not_eval_config_content(run, agent: FakeAgent, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = f"$(touch {marker})`touch {marker}`;touch {marker}"
+    proc = run({**cni_env("ADD", agent.sock), "CNI_ARGS": evil}, conf(socket=evil, cniVersion=evil))
+    assert proc.returncode == 0
+    assert not marker.exists()
+    assert parse_shim_request(agent.requests[0].body)[0]["CNI_ARGS"] == evil
