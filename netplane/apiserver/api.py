@@ -467,12 +467,21 @@ class Api:
         if subresource == "status":
             # Status writes change only status (ResetObjectMetaForStatus + copy of the old spec).
             new_status = obj.get("status")
+            new_meta = obj["metadata"]
             obj = copy.deepcopy(old)
             if new_status is None:
                 obj.pop("status", None)
             else:
                 obj["status"] = new_status
             meta = obj["metadata"]
+            if rt.kind == "Node":
+                # Node status writes may also change labels and annotations (the node status
+                # strategy keeps only the spec): flannel-style agents publish their VTEP this way.
+                for key in ("labels", "annotations"):
+                    if new_meta.get(key) is None:
+                        meta.pop(key, None)
+                    else:
+                        meta[key] = new_meta[key]
         elif rt.has_status:
             if "status" in old:
                 obj["status"] = copy.deepcopy(old["status"])

@@ -286,6 +286,12 @@ _KINDS: dict[str, dict[str, Meta]] = {  # kind -> {path prefix: fields under it}
     "DaemonSet": {"status": _CONDITIONS, "spec.template.metadata": _OBJECT_META},
     "Deployment": {"spec": {"strategy": ("retainKeys", "")}, "status": _CONDITIONS,
                    "spec.template.metadata": _OBJECT_META},
+    "ServiceAccount": {"": {"secrets": _BY_NAME, "imagePullSecrets": _ATOMIC}},
+    # k8s.io/api/rbac/v1 tags none of its lists: rules, subjects and selectors are replaced whole.
+    "ClusterRole": {"": {"rules": _ATOMIC}, "aggregationRule": {"clusterRoleSelectors": _ATOMIC}},
+    "Role": {"": {"rules": _ATOMIC}},
+    "ClusterRoleBinding": {"": {"subjects": _ATOMIC}},
+    "RoleBinding": {"": {"subjects": _ATOMIC}},
 }
 _POD_SPEC_AT = {"Pod": "spec", "DaemonSet": "spec.template.spec",
                 "Deployment": "spec.template.spec"}

@@ -68,6 +68,13 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status",), True,
                  (), ("all",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    # Storage only (nothing here enforces RBAC): enough for `kubectl apply -f deploy/`.
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+                 False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
 )
 
 VERBS = _VERBS

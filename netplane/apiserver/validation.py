@@ -80,7 +80,15 @@ def _run(rt: ResourceType, obj: Any, old: Any, op: str) -> list[Cause]:
 
 # --- metadata (api/validation/objectmeta.go) ---------------------------------------------------
 
-_NAME_RULES = {"Namespace": name_is_dns_label, "Service": name_is_dns1035_label}
+def _rbac_name(name: str, prefix: bool) -> list[str]:
+    """minimalNameRequirements: role and binding names need only be valid path segments
+    (so `system:node-proxier` is fine); a generateName prefix gets the same check."""
+    return path_segment_errors(name)
+
+
+_NAME_RULES = {"Namespace": name_is_dns_label, "Service": name_is_dns1035_label,
+               **dict.fromkeys(("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"),
+                               _rbac_name)}
 _STANDARD_FINALIZERS = ("kubernetes", "orphan", "foregroundDeletion")
 
 
@@ -1264,9 +1272,107 @@ def _lease(w: Walk, obj: dict, old: dict | None, op: str) -> None:
         w.add(forbidden("spec.preferredHolder", "may only be specified if `strategy` is defined"))
 
 
+# --- RBAC (rbac/validation): stored only, nothing here enforces the rules -------------------------
+
+_RBAC_GROUP = "rbac.authorization.k8s.io"
+_SUBJECT_KINDS = ("ServiceAccount", "User", "Group")
+
+
+def _policy_rules(w: Walk, obj: dict, namespaced: bool) -> None:
+    for _, rule, p in w.items(w.arr(obj, "rules", "rules"), "rules", "object"):
+        verbs = w.strings(rule, "verbs", child(p, "verbs"))
+        urls = w.strings(rule, "nonResourceURLs", child(p, "nonResourceURLs"))
+        groups = w.strings(rule, "apiGroups", child(p, "apiGroups"))
+        resources = w.strings(rule, "resources", child(p, "resources"))
+        names = w.strings(rule, "resourceNames", child(p, "resourceNames"))
+        if not verbs:
+            w.add(required(child(p, "verbs"), "verbs must contain at least one value"))
+        if urls:
+            if namespaced:
+                w.add(invalid(child(p, "nonResourceURLs"), urls,
+                              "namespaced rules cannot apply to non-resource URLs"))
+            if groups or resources or names:
+                w.add(invalid(child(p, "nonResourceURLs"), urls,
+                              "rules cannot apply to both regular resources and non-resource URLs"))
+            continue
+        if not groups:
+            w.add(required(child(p, "apiGroups"),
+                           "resource rules must supply at least one api group"))
+        if not resources:
+            w.add(required(child(p, "resources"),
+                           "resource rules must supply at least one resource"))
+        if names and len(resources) > 1:
+            w.add(required(child(p, "resourceNames"),
+                           "resource names cannot apply to multiple resources"))
+
+
+def _role(w: Walk, obj: dict, old: dict | None, op: str) -> None:
+    _policy_rules(w, obj, namespaced=True)
+
+
+def _cluster_role(w: Walk, obj: dict, old: dict | None, op: str) -> None:
+    _policy_rules(w, obj, namespaced=False)
+
+
+def _role_ref(ref: Any) -> dict:
+    """roleRef as stored: the server defaults an empty apiGroup to rbac's before validating."""
+    ref = dict(ref) if isinstance(ref, dict) else {}
+    ref["apiGroup"] = ref.get("apiGroup") or _RBAC_GROUP
+    return ref
+
+
+def _binding(w: Walk, obj: dict, old: dict | None, op: str, cluster: bool) -> None:
+    w.obj(obj, "roleRef", "roleRef")
+    ref = _role_ref(obj.get("roleRef"))
+    group = w.str(ref, "apiGroup", "roleRef.apiGroup")
+    if group is not None and group != _RBAC_GROUP:
+        w.add(not_supported("roleRef.apiGroup", group, (_RBAC_GROUP,)))
+    kinds = ("ClusterRole",) if cluster else ("Role", "ClusterRole")
+    kind = w.str(ref, "kind", "roleRef.kind") or ""
+    if kind not in kinds:
+        w.add(not_supported("roleRef.kind", kind, kinds))
+    name = w.str(ref, "name", "roleRef.name") or ""
+    if not name:
+        w.add(required("roleRef.name"))
+    w.add(*[invalid("roleRef.name", name, m) for m in path_segment_errors(name) if name])
+    for _, subject, p in w.items(w.arr(obj, "subjects", "subjects"), "subjects", "object"):
+        sname = w.str(subject, "name", child(p, "name")) or ""
+        skind = w.str(subject, "kind", child(p, "kind")) or ""
+        sgroup = w.str(subject, "apiGroup", child(p, "apiGroup")) or ""
+        namespace = w.str(subject, "namespace", child(p, "namespace")) or ""
+        if not sname:
+            w.add(required(child(p, "name")))
+        if skind == "ServiceAccount":
+            w.add(*[invalid(child(p, "name"), sname, m)
+                    for m in dns1123_subdomain_errors(sname) if sname])
+            if sgroup:
+                w.add(not_supported(child(p, "apiGroup"), sgroup, ("",)))
+            if cluster and not namespace:
+                w.add(required(child(p, "namespace")))
+        elif skind in ("User", "Group"):
+            if not sname:
+                w.add(invalid(child(p, "name"), sname, f"{skind.lower()} name cannot be empty"))
+            if (sgroup or _RBAC_GROUP) != _RBAC_GROUP:  # an empty apiGroup is defaulted
+                w.add(not_supported(child(p, "apiGroup"), sgroup, (_RBAC_GROUP,)))
+        else:
+            w.add(not_supported(child(p, "kind"), skind, _SUBJECT_KINDS))
+    if op == "update" and isinstance(old, dict) and "roleRef" in old:
+        if _zeroless(ref) != _zeroless(_role_ref(old.get("roleRef"))):
+            w.add(invalid("roleRef", obj.get("roleRef"), "cannot change roleRef"))
+
+
+def _role_binding(w: Walk, obj: dict, old: dict | None, op: str) -> None:
+    _binding(w, obj, old, op, cluster=False)
+
+
+def _cluster_role_binding(w: Walk, obj: dict, old: dict | None, op: str) -> None:
+    _binding(w, obj, old, op, cluster=True)
+
+
 _RULES: dict[str, Rule] = {
     "Pod": _pod, "Service": _service, "Endpoints": _endpoints, "EndpointSlice": _endpoint_slice,
     "Node": _node, "Namespace": _namespace, "ConfigMap": _config_map, "Event": _event,
     "NetworkPolicy": _network_policy, "Deployment": _deployment, "DaemonSet": _daemon_set,
-    "Lease": _lease,
+    "Lease": _lease, "Role": _role, "ClusterRole": _cluster_role, "RoleBinding": _role_binding,
+    "ClusterRoleBinding": _cluster_role_binding,
 }

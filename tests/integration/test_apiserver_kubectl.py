@@ -386,11 +386,13 @@ def test_api_resources(kubectl: Kubectl) -> None:
     served = {line.split()[0] for line in lines[1:]}
     assert served == {"namespaces", "nodes", "pods", "services", "endpoints", "endpointslices",
                       "networkpolicies", "configmaps", "events", "daemonsets", "deployments",
-                      "leases"}
+                      "leases", "serviceaccounts", "clusterroles", "clusterrolebindings", "roles",
+                      "rolebindings"}
     wide = kubectl("api-resources", "-o", "wide").stdout
     assert "watch" in wide
     assert kubectl("api-versions").stdout.split() == sorted([
-        "apps/v1", "coordination.k8s.io/v1", "discovery.k8s.io/v1", "networking.k8s.io/v1", "v1"])
+        "apps/v1", "coordination.k8s.io/v1", "discovery.k8s.io/v1", "networking.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1", "v1"])
 
 
 def test_errors(kubectl: Kubectl, ns: str) -> None:

@@ -586,6 +586,13 @@ REPRESENTATIVE = {
         "template": {"spec": {"containers": [{"name": "c"}]}}},
         "status": {"readyReplicas": 1}},
     "Lease": {"metadata": meta("l"), "spec": {"holderIdentity": "h"}},
+    "ServiceAccount": {"metadata": meta("sa")},
+    "ClusterRole": {"metadata": meta("cr"), "rules": [{"apiGroups": [""], "resources": ["pods"],
+                                                       "verbs": ["get"]}]},
+    "Role": {"metadata": meta("r"), "rules": []},
+    "ClusterRoleBinding": {"metadata": meta("crb"),
+                           "roleRef": {"kind": "ClusterRole", "name": "cr"}},
+    "RoleBinding": {"metadata": meta("rb"), "roleRef": {"kind": "Role", "name": "r"}},
 }
 
 ODD_VALUES = (None, 0, -3, True, "", "x", [], {}, [None], {"": None}, 1.5,

@@ -95,6 +95,23 @@ def valid(kind: str) -> dict:
         "Lease": {"metadata": meta, "spec": {"holderIdentity": "node-1",
                                              "leaseDurationSeconds": 40, "leaseTransitions": 0,
                                              "renewTime": "2024-01-01T00:00:00.000000Z"}},
+        "ServiceAccount": {"metadata": meta, "automountServiceAccountToken": False},
+        "ClusterRole": {"metadata": {"name": "system:web-reader", "labels": {"app": "web"}},
+                        "rules": [{"apiGroups": [""], "resources": ["pods", "pods/log"],
+                                   "verbs": ["get", "list", "watch"]},
+                                  {"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]},
+        "Role": {"metadata": meta, "rules": [{"apiGroups": ["apps"], "resources": ["deployments"],
+                                              "resourceNames": ["web"], "verbs": ["get", "patch"]}]},
+        "ClusterRoleBinding": {
+            "metadata": {"name": "system:web-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:web-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "web", "namespace": "default"},
+                         {"kind": "Group", "name": "system:authenticated",
+                          "apiGroup": "rbac.authorization.k8s.io"}]},
+        "RoleBinding": {"metadata": meta, "roleRef": {"kind": "Role", "name": "web"},
+                        "subjects": [{"kind": "ServiceAccount", "name": "web"},
+                                     {"kind": "User", "name": "jane@example.com"}]},
     }
     return copy.deepcopy(objects[kind])
 
