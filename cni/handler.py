@@ -24,6 +24,17 @@ from netplane.metrics import Counter, Histogram, Registry
 log = logging.getLogger(__name__)
 
 
+def lenient_del_request(env: Mapping[str, str]) -> CniRequest:
+    """The DEL a runtime asked for, from the env alone (container ID and ifname still validated)."""
+    from netplane.cni.ipam import validate_key
+
+    cid, ifname = str(env.get("CNI_CONTAINERID") or ""), str(env.get("CNI_IFNAME") or "")
+    validate_key(cid, ifname)
+    return CniRequest(command="DEL", container_id=cid, netns=str(env.get("CNI_NETNS") or ""), ifname=ifname,
+                      args={}, path=str(env.get("CNI_PATH") or ""), config={}, cni_version="1.1.0",
+                      prev_result=None, valid_attachments=())
+
+
 class Datapath(Protocol):
     def wire(self, req: CniRequest, alloc: Allocation, mtu: int) -> WiredPod: ...
     def unwire(self, req: CniRequest) -> None: ...
@@ -62,7 +73,14 @@ class CniHandler:
         try:
             if verb == "VERSION":
                 return 0, version_reply()
-            req = parse_request(env, stdin)
+            try:
+                req = parse_request(env, stdin)
+            except CniError:
+                if verb != "DEL":
+                    raise
+                # DEL must not block pod teardown: with a config we cannot read, still release
+                # what the key (container ID, ifname) holds.
+                req = lenient_del_request(env)
             version = req.cni_version
             verb = req.command
             out = self._dispatch(req)
@@ -79,6 +97,12 @@ class CniHandler:
             return 1, error_reply(CniError(999, f"internal error in netplane agent: {e}", ""), version)
         finally:
             self.latency.observe(time.perf_counter() - start, verb)
+
+    def delete(self, req: CniRequest) -> None:
+        """A DEL that did not come through a plugin invocation (replayed from the shim's spool)."""
+        with self._key_lock(req.container_id, req.ifname):
+            self._del(req)
+        self.requests.inc("DEL", "replayed")
 
     def _dispatch(self, req: CniRequest) -> dict[str, Any] | None:
         if req.command == "STATUS":

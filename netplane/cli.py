@@ -95,12 +95,36 @@ def _add_exec(p: argparse.ArgumentParser) -> None:
                    help="the command; its exit code is passed through")
 
 
+def _add_agent(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-name", required=True, metavar="NAME", help="this node's Node object name")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+    p.add_argument("--socket", default="/run/netplane/agent.sock", metavar="PATH",
+                   help="root-only unix socket the CNI shim talks to (default: %(default)s)")
+    p.add_argument("--state-dir", default="/run/netplane/cni", metavar="DIR",
+                   help="IPAM state, on tmpfs so reboots start clean (default: %(default)s)")
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d", metavar="DIR",
+                   help="where the conflist lives (read by the runtime) (default: %(default)s)")
+    p.add_argument("--cni-bin-dir", default="/opt/cni/bin", metavar="DIR",
+                   help="where the shim is installed (default: %(default)s)")
+    p.add_argument("--metrics-addr", default="0.0.0.0:9650", metavar="ADDR:PORT",
+                   help="/healthz, /readyz and Prometheus /metrics (default: %(default)s)")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16", metavar="CIDR",
+                   help="pod network; traffic leaving it is masqueraded (default: %(default)s)")
+    p.add_argument("--node-ip", metavar="IP", help="underlay address (default: the Node's InternalIP)")
+    p.add_argument("--mtu", type=int, metavar="N", help="pod MTU (default: underlay MTU - 50)")
+    p.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default: %(default)s)")
+    p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default: %(default)s)")
+
+
 _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
     "apiserver": (
         "netplane.apiserver.main",
         "run the embedded Kubernetes API server (a subset, enough for kubectl and netplane)",
         _add_apiserver,
     ),
+    "agent": ("netplane.cni.agent",
+              "run the node agent: CNI server for the shim, IPAM, VXLAN overlay, metrics", _add_agent),
     "up": ("netplane.sandbox.commands:run_up",
            "create a sandbox cluster (network namespaces + processes) and wait until it is ready", _add_up),
     "down": ("netplane.sandbox.commands:run_down",
@@ -138,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose >= 2:
         level = logging.DEBUG
     # Servers announce readiness through logging, so INFO is the floor for long-running commands.
-    if args.command in {"apiserver", "up"}:
+    if args.command in {"apiserver", "up", "agent"}:
         level = min(level, logging.INFO)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -108,8 +108,6 @@ def _unsupported(topology) -> list[str]:
     """Topology settings the file format already has but this sandbox cannot provide yet: refuse
     them by name rather than silently running something else."""
     out = []
-    if topology.cni != "bridge":
-        out.append(f"cni: {topology.cni!r} is not available yet (only 'bridge', Debian's reference plugins)")
     if topology.proxy != "none":
         out.append(f"proxy: {topology.proxy!r} is not available yet (only 'none')")
     if topology.dns:

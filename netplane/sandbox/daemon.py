@@ -14,6 +14,8 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -83,8 +85,11 @@ class Cluster:
         self._register_nodes()
         self._start_controllers()
         pod_cidrs = self._wait_pod_cidrs(timeout=30)
-        self._write_cni_configs(pod_cidrs)
-        self._start_node_routes()
+        if topo.cni == "netplane":
+            self._start_cni_agents()
+        else:
+            self._write_cni_configs(pod_cidrs)
+            self._start_node_routes()
         self._start_kubelets()
         self._apply_manifests()
         self._wait_manifest_pods_ready(timeout=self.ready_timeout)
@@ -191,6 +196,65 @@ class Cluster:
                           f"-A NETPLANE-NODNS -d {dns} -p tcp --dport 53 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
             network.run(["ip", "netns", "exec", self.names.node(node), "iptables-restore", "--noflush"], input=rules)
 
+    def _start_cni_agents(self) -> None:
+        """netplane's CNI: per node the shim + a conflist in the node's CNI dirs, and `netplane
+        agent` running inside the node namespace (in the node cgroup), as the DaemonSet does on kind."""
+        import netplane.cni
+
+        shim = os.path.join(os.path.dirname(netplane.cni.__file__), "shim", "netplane")
+        agents = []
+        for node in self.topology.node_names:
+            node_dir = self.names.node_dir(node)
+            bin_dir, conf_dir = os.path.join(node_dir, "bin"), os.path.join(node_dir, "net.d")
+            os.makedirs(bin_dir, exist_ok=True)
+            os.makedirs(conf_dir, exist_ok=True)
+            tmp = os.path.join(bin_dir, ".netplane.tmp")  # temp file + rename, as the kind installer
+            shutil.copyfile(shim, tmp)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, os.path.join(bin_dir, "netplane"))
+            socket_path = os.path.join(node_dir, "agent.sock")
+            conflist = {
+                "cniVersion": "1.0.0",
+                "name": "netplane",
+                "plugins": [
+                    {"type": "netplane", "socket": socket_path},
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                ],
+            }
+            with open(os.path.join(conf_dir, "10-netplane.conflist"), "w") as f:
+                json.dump(conflist, f, indent=2)
+            cmd = agent_command(node, kubeconfig=os.path.join(self.names.state_dir, "kubeconfig.underlay"),
+                                socket=socket_path, state_dir=os.path.join(node_dir, "cni-state"),
+                                conf_dir=conf_dir, bin_dir=bin_dir,
+                                metrics_addr=f"{self.plan.nodes[node]}:9650",
+                                cluster_cidr=self.topology.cluster_cidr)
+            log_file = open(os.path.join(node_dir, "agent.log"), "ab")
+            proc = subprocess.Popen(["ip", "netns", "exec", self.names.node(node), *cmd],
+                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                    start_new_session=True)
+            log_file.close()
+            with open(os.path.join(self.names.node_cgroup(node), "cgroup.procs"), "w") as f:
+                f.write(str(proc.pid))
+            self._teardown.append(lambda p=proc: _stop_process(p))
+            agents.append((node, proc))
+        for node, proc in agents:
+            self._wait_agent_ready(node, proc, timeout=30)
+
+    def _wait_agent_ready(self, node: str, proc: subprocess.Popen, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.plan.nodes[node]}:9650/readyz"
+        while True:
+            if proc.poll() is not None:
+                raise NetplaneError(f"netplane agent on {node} exited ({proc.returncode}); see "
+                                    f"{os.path.join(self.names.node_dir(node), 'agent.log')}")
+            ok = subprocess.run(["ip", "netns", "exec", self.names.node(node), "curl", "-sf", "-m", "1", url],
+                                capture_output=True).returncode == 0
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise NetplaneError(f"netplane agent on {node} not ready after {timeout:.0f}s")
+            self._pause(0.2)
+
     def _start_node_routes(self) -> None:
         """kindnet's job: each node routes the other nodes' pod CIDRs via their underlay IPs."""
         from netplane.k8s import Node
@@ -225,7 +289,8 @@ class Cluster:
         assert self.client is not None
         for node in self.topology.node_names:
             node_dir = self.names.node_dir(node)
-            cni = CniRunner(os.path.join(node_dir, "net.d"), BRIDGE_CNI_BIN_DIRS,
+            bin_dirs = [os.path.join(node_dir, "bin"), *BRIDGE_CNI_BIN_DIRS]
+            cni = CniRunner(os.path.join(node_dir, "net.d"), bin_dirs,
                             os.path.join(node_dir, "cni-cache"),
                             exec_prefix=["ip", "netns", "exec", self.names.node(node)])
             kubelet = Kubelet(
@@ -308,6 +373,24 @@ class Cluster:
                     shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
         else:
             shutil.rmtree(self.names.state_dir, ignore_errors=True)
+
+
+def agent_command(node: str, *, kubeconfig: str, socket: str, state_dir: str, conf_dir: str,
+                  bin_dir: str, metrics_addr: str, cluster_cidr: str) -> list[str]:
+    """The `netplane agent` command line: the same flags the kind DaemonSet uses."""
+    return [sys.executable, "-m", "netplane", "agent", "--node-name", node, "--kubeconfig", kubeconfig,
+            "--socket", socket, "--state-dir", state_dir, "--cni-conf-dir", conf_dir,
+            "--cni-bin-dir", bin_dir, "--metrics-addr", metrics_addr, "--cluster-cidr", cluster_cidr]
+
+
+def _stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def run_foreground(topology: Topology, name: str | None, *, detached: bool = False,

@@ -204,7 +204,7 @@ manifests:
     assert leftovers(ClusterNames(name)) == []
 
 
-@pytest.mark.parametrize("setting", ["cni: netplane", "proxy: iptables", "dns: true"])
+@pytest.mark.parametrize("setting", ["proxy: iptables", "dns: true"])
 def test_settings_not_available_yet_are_refused(tmp_path, setting):
     topo = tmp_path / "future.yaml"
     topo.write_text(f"name: fut\nnodes: 1\n{setting}\n")

@@ -1,0 +1,323 @@
+"""`netplane agent`: the per-node process behind the CNI shim.
+
+Data flow: apiserver → Node informer → (own podCIDR → IPAM; all Nodes → overlay peers) and
+shim → unix socket → CniHandler (IPAM + wiring). It runs inside the node's network namespace
+(hostNetwork on kind), so every netlink call without an explicit namespace acts on the node.
+Exiting leaves the datapath in place: pods keep their connectivity across agent restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socketserver
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from netplane.cni.errors import CniError
+from netplane.cni.handler import CniHandler, NodeNetwork
+from netplane.cni.ipam import Allocation, IpamStore
+from netplane.cni.overlay import VxlanOverlay, compute_peers, node_annotations, own_vtep_mac
+from netplane.cni.protocol import CniRequest, parse_spooled_del, shim_reply
+from netplane.cni import wiring
+from netplane.errors import ConfigError, NetplaneError
+from netplane.k8s import Client, Informer, Node, load_config
+from netplane.metrics import CONTENT_TYPE, Gauge, Registry
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 30.0
+MASQ_CHAIN = "NETPLANE-CNI-MASQ"
+
+
+class KernelDatapath:
+    """The real `Datapath`: wiring.py in the agent's own (node) namespace."""
+
+    def wire(self, req: CniRequest, alloc: Allocation, mtu: int) -> wiring.WiredPod:
+        return wiring.wire_pod(req.netns, req.ifname, req.container_id, alloc.ip, alloc.gateway, mtu)
+
+    def unwire(self, req: CniRequest) -> None:
+        wiring.unwire_pod(req.netns or None, req.ifname, req.container_id)
+
+    def check(self, req: CniRequest, alloc: Allocation) -> None:
+        wiring.check_pod(req.netns, req.ifname, req.container_id, alloc.ip, alloc.gateway)
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+def _make_cni_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
+    class CniRequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def address_string(self) -> str:  # unix sockets have no peer address
+            return "unix"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("cni socket: " + format, *args)
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/v1/cni":
+                self._reply(404, {"error": f"unknown path {self.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = json.loads(self.rfile.read(length)) if length else {}
+                env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+                import base64
+
+                stdin = base64.b64decode(request.get("stdin") or "")
+            except (ValueError, TypeError) as e:
+                self._reply(400, {"error": f"malformed shim request: {e}"})
+                return
+            code, out = agent.handler.handle(env, stdin)
+            self._reply(200, shim_reply(code, out))
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return CniRequestHandler
+
+
+def _make_health_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
+    class HealthHandler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("metrics: " + format, *args)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/healthz":
+                self._send(200, b"ok\n", "text/plain")
+            elif self.path == "/readyz":
+                reason = agent.network.ready_reason
+                self._send(200 if reason is None else 503, (b"ok\n" if reason is None else reason.encode() + b"\n"),
+                           "text/plain")
+            elif self.path == "/metrics":
+                self._send(200, agent.registry.render(), CONTENT_TYPE)
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return HealthHandler
+
+
+# -- the agent ---------------------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.node_name: str = args.node_name
+        self.registry = Registry()
+        self.network = NodeNetwork(mtu=args.mtu or 1450)
+        self.handler = CniHandler(KernelDatapath(), self.network, self.registry)
+        self.stopping = threading.Event()
+        self._resync = threading.Event()
+        self.overlay: VxlanOverlay | None = None
+        self.pod_cidr: str | None = None
+        self._peers = 0
+        Gauge(self.registry, "netplane_ipam_allocated", "Pod IPs in use on this node", fn=self._ipam_used)
+        Gauge(self.registry, "netplane_ipam_capacity", "Pod IPs this node can hand out", fn=self._ipam_capacity)
+        Gauge(self.registry, "netplane_overlay_peers", "Remote nodes programmed in the VXLAN overlay",
+              fn=lambda: [((), self._peers)])
+
+    def _ipam_used(self):
+        return [((), self.network.ipam.usage()[0])] if self.network.ipam else []
+
+    def _ipam_capacity(self):
+        return [((), self.network.ipam.usage()[1])] if self.network.ipam else []
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        self._start_servers()
+        self.client = Client(load_config(self.args.kubeconfig))
+        self.nodes = Informer(self.client, "/api/v1/nodes", Node.from_dict, name="agent-nodes")
+        self.nodes.add_handler(on_add=lambda n: self._resync.set(), on_update=lambda a, b: self._resync.set(),
+                               on_delete=lambda n: self._resync.set())
+        self.nodes.start()
+        try:
+            self._bring_up()
+            log.info("agent ready on node %s: podCIDR %s, MTU %d, VTEP %s", self.node_name, self.pod_cidr,
+                     self.network.mtu, self.overlay.mac if self.overlay else "-")
+            while not self.stopping.is_set():
+                self._reconcile()
+                self._resync.wait(RESYNC_SECONDS)
+                self._resync.clear()
+        finally:
+            self.nodes.stop()
+            for srv in self._servers:
+                srv.shutdown()
+                srv.server_close()
+            try:
+                os.unlink(self.args.socket)
+            except OSError:
+                pass
+        return 0
+
+    def _start_servers(self) -> None:
+        sock = self.args.socket
+        os.makedirs(os.path.dirname(sock) or ".", mode=0o700, exist_ok=True)
+        try:
+            os.unlink(sock)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)  # the socket is root-only from the moment it exists
+        try:
+            cni_server = _UnixHTTPServer(sock, _make_cni_handler_class(self))
+        finally:
+            os.umask(old_umask)
+        host, _, port = self.args.metrics_addr.rpartition(":")
+        health = ThreadingHTTPServer((host or "0.0.0.0", int(port)), _make_health_handler_class(self))
+        health.daemon_threads = True
+        self._servers = [cni_server, health]
+        for srv in self._servers:
+            threading.Thread(target=srv.serve_forever, daemon=True, name=f"agent-{type(srv).__name__}").start()
+        log.info("CNI socket %s, health and metrics on %s", sock, self.args.metrics_addr)
+
+    def _wait(self, what: str, check, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.stopping.is_set():
+            value = check()
+            if value:
+                return value
+            self.network.ready_reason = what
+            if deadline is not None and time.monotonic() > deadline:
+                raise NetplaneError(f"timed out: {what}")
+            time.sleep(0.2)
+        raise NetplaneError("stopped")
+
+    def _bring_up(self) -> None:
+        self._wait("waiting for the Node informer to sync", self.nodes.has_synced)
+        node = self._wait(f"waiting for node {self.node_name} to have a podCIDR",
+                          lambda: (n := self.nodes.get(self.node_name)) is not None and n.pod_cidrs and n)
+        ipv4 = [c for c in node.pod_cidrs if ":" not in c]
+        if not ipv4:
+            raise ConfigError(f"node {self.node_name} has no IPv4 podCIDR ({node.pod_cidrs}); the overlay is IPv4-only")
+        self.pod_cidr = ipv4[0]
+        node_ip = self.args.node_ip or node.address("InternalIP")
+        if not node_ip:
+            raise ConfigError(f"node {self.node_name} has no InternalIP address; pass --node-ip")
+        underlay_mtu = _interface_mtu(node_ip)
+        self.network.mtu = self.args.mtu or underlay_mtu - 50
+        cidr_dir = self.pod_cidr.replace("/", "_")
+        self.network.ipam = IpamStore(os.path.join(self.args.state_dir, "ipam", cidr_dir), self.pod_cidr)
+        self.overlay = VxlanOverlay(vni=self.args.vni, port=self.args.vxlan_port, mtu=underlay_mtu - 50,
+                                    local_ip=node_ip, pod_cidr=self.pod_cidr)
+        # Reuse the MAC we published before a restart, so peers' neighbour/FDB entries stay valid
+        # (a missing or corrupt annotation gives a fresh MAC).
+        mac = self.overlay.ensure_device(own_vtep_mac(node))
+        self._publish_annotations(mac, node_ip)
+        self._program_masquerade()
+        self._reconcile_ipam_with_pods()
+        self._replay_pending_deletes()
+        self.network.ready_reason = None
+
+    def _publish_annotations(self, mac: str, node_ip: str) -> None:
+        patch = {"metadata": {"annotations": node_annotations(mac, node_ip)}}
+        for attempt in range(10):
+            try:
+                self.client.patch(f"/api/v1/nodes/{self.node_name}/status", patch, patch_type="merge")
+                return
+            except NetplaneError as e:
+                log.warning("publishing VTEP annotations on node %s (attempt %d): %s", self.node_name, attempt + 1, e)
+                time.sleep(1)
+        raise NetplaneError(f"could not annotate node {self.node_name} with its VTEP")
+
+    def _program_masquerade(self) -> None:
+        """Pod traffic leaving the cluster CIDR is masqueraded to the node; pod↔pod never is."""
+        rules = (f"*nat\n:{MASQ_CHAIN} - [0:0]\n-D POSTROUTING -j {MASQ_CHAIN}\n-A POSTROUTING -j {MASQ_CHAIN}\n"
+                 f"-F {MASQ_CHAIN}\n"
+                 f"-A {MASQ_CHAIN} -s {self.pod_cidr} -d {self.args.cluster_cidr} -j RETURN\n"
+                 f"-A {MASQ_CHAIN} -s {self.pod_cidr} ! -d 224.0.0.0/4 -j MASQUERADE\nCOMMIT\n")
+        proc = subprocess.run(["iptables-restore", "-w", "5", "--noflush"], input=rules, text=True, capture_output=True)
+        if proc.returncode != 0 and "-D POSTROUTING" in rules:
+            # First run: the jump to delete does not exist yet.
+            rules = rules.replace(f"-D POSTROUTING -j {MASQ_CHAIN}\n", "")
+            proc = subprocess.run(["iptables-restore", "-w", "5", "--noflush"], input=rules, text=True,
+                                  capture_output=True)
+        if proc.returncode != 0:
+            raise NetplaneError(f"programming masquerade rules: {proc.stderr.strip()}")
+
+    def _reconcile_ipam_with_pods(self) -> None:
+        """Start-up: an IP whose pod wiring is gone (pod deleted while we were down) is released."""
+        assert self.network.ipam is not None
+        wired = set(wiring.list_wired())
+        for alloc in self.network.ipam.allocations():
+            if wiring.host_veth_name(alloc.container_id, alloc.ifname) not in wired:
+                log.info("releasing %s of %s/%s: its pod is gone", alloc.ip, alloc.container_id, alloc.ifname)
+                self.network.ipam.release(alloc.container_id, alloc.ifname)
+
+    def _replay_pending_deletes(self) -> None:
+        """DELs the shim recorded while we were unreachable (same directory rule as the shim)."""
+        spool = os.environ.get("NETPLANE_CNI_SPOOL") or os.path.join(os.path.dirname(self.args.socket),
+                                                                     "cni-pending-del")
+        if not os.path.isdir(spool):
+            return
+        for entry in sorted(os.listdir(spool)):
+            if entry.startswith(".tmp."):  # the shim's write in progress (or a crashed one)
+                continue
+            path = os.path.join(spool, entry)
+            try:
+                with open(path, "rb") as f:
+                    req = parse_spooled_del(f.read())
+                self.handler.delete(req)
+                log.info("replayed a DEL recorded while the agent was unreachable: %s/%s",
+                         req.container_id, req.ifname)
+                os.unlink(path)
+            except (OSError, ValueError, CniError) as e:
+                log.warning("pending DEL %s: %s", path, e)
+
+    def _reconcile(self) -> None:
+        assert self.overlay is not None
+        try:
+            self.overlay.ensure_device(self.overlay.mac)
+            peers = compute_peers(self.nodes.list(), self.node_name)
+            self.overlay.sync(peers)
+            self._peers = len(peers)
+        except NetplaneError as e:
+            log.warning("overlay reconcile: %s", e)
+        self._replay_pending_deletes()
+
+
+def _interface_mtu(ip: str) -> int:
+    """MTU of the interface that holds `ip` (the underlay), read with pyroute2."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(address=ip):
+            links = ipr.get_links(addr["index"])
+            if links:
+                return int(links[0].get("IFLA_MTU") or links[0].get_attr("IFLA_MTU"))
+    raise ConfigError(f"no interface in this namespace holds the node IP {ip}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        ipaddress.ip_network(args.cluster_cidr)
+    except ValueError as e:
+        raise ConfigError(f"--cluster-cidr {args.cluster_cidr!r}: {e}") from None
+    return Agent(args).run()
