@@ -230,6 +230,7 @@ class Agent:
         # Reuse the MAC we published before a restart, so peers' neighbour/FDB entries stay valid
         # (a missing or corrupt annotation gives a fresh MAC).
         mac = self.overlay.ensure_device(own_vtep_mac(node))
+        self.node_ip = node_ip
         self._publish_annotations(mac, node_ip)
         self._program_masquerade()
         self._reconcile_ipam_with_pods()
@@ -294,7 +295,12 @@ class Agent:
     def _reconcile(self) -> None:
         assert self.overlay is not None
         try:
-            self.overlay.ensure_device(self.overlay.mac)
+            mac = self.overlay.ensure_device(self.overlay.mac)
+            me = self.nodes.get(self.node_name)
+            wanted = node_annotations(mac, self.node_ip)
+            if me is not None and any(dict(me.annotations).get(k) != v for k, v in wanted.items()):
+                # Our Node was re-created or edited: peers find us only through these annotations.
+                self._publish_annotations(mac, self.node_ip)
             peers = compute_peers(self.nodes.list(), self.node_name)
             self.overlay.sync(peers)
             self._peers = len(peers)

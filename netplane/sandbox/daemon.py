@@ -41,7 +41,9 @@ BRIDGE_CNI_BIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
 class Cluster:
     def __init__(self, topology: Topology, name: str | None = None, *, ready_timeout: float = 90.0):
         self.topology = topology
-        self.ready_timeout = ready_timeout
+        # One budget for the whole bring-up, so the daemon reports what was not ready before
+        # `netplane up` (which waits a little longer) gives up.
+        self.deadline = time.monotonic() + ready_timeout
         # Set by SIGTERM/SIGINT; bring-up waits check it so a stop never waits for their timeouts.
         self.stopping = threading.Event()
         self.names = ClusterNames(name or topology.name)
@@ -92,7 +94,7 @@ class Cluster:
             self._start_node_routes()
         self._start_kubelets()
         self._apply_manifests()
-        self._wait_manifest_pods_ready(timeout=self.ready_timeout)
+        self._wait_manifest_pods_ready(timeout=max(1.0, self.deadline - time.monotonic()))
         self._publish("ready")
         log.info("cluster %s ready", n.cluster)
 
@@ -228,17 +230,15 @@ class Cluster:
                                 conf_dir=conf_dir, bin_dir=bin_dir,
                                 metrics_addr=f"{self.plan.nodes[node]}:9650",
                                 cluster_cidr=self.topology.cluster_cidr)
-            log_file = open(os.path.join(node_dir, "agent.log"), "ab")
-            proc = subprocess.Popen(["ip", "netns", "exec", self.names.node(node), *cmd],
-                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True)
-            log_file.close()
-            with open(os.path.join(self.names.node_cgroup(node), "cgroup.procs"), "w") as f:
-                f.write(str(proc.pid))
-            self._teardown.append(lambda p=proc: _stop_process(p))
-            agents.append((node, proc))
-        for node, proc in agents:
-            self._wait_agent_ready(node, proc, timeout=30)
+            agent = SupervisedAgent(node, ["ip", "netns", "exec", self.names.node(node), *cmd],
+                                    log_path=os.path.join(node_dir, "agent.log"),
+                                    cgroup=self.names.node_cgroup(node))
+            agent.start()
+            self._teardown.append(agent.stop)
+            agents.append(agent)
+        for agent in agents:
+            self._wait_agent_ready(agent.node, agent.proc, timeout=30)
+        self.agents = {a.node: a for a in agents}
 
     def _wait_agent_ready(self, node: str, proc: subprocess.Popen, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -383,14 +383,59 @@ def agent_command(node: str, *, kubeconfig: str, socket: str, state_dir: str, co
             "--cni-bin-dir", bin_dir, "--metrics-addr", metrics_addr, "--cluster-cidr", cluster_cidr]
 
 
-def _stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+class SupervisedAgent:
+    """A node's `netplane agent`, restarted with backoff when it exits, as the kubelet restarts
+    the DaemonSet's pod on kind. The datapath survives the gap; the shim spools DELs meanwhile."""
+
+    def __init__(self, node: str, cmd: list[str], *, log_path: str, cgroup: str):
+        self.node, self.cmd, self.log_path, self.cgroup = node, cmd, log_path, cgroup
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name=f"agent-{node}", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                         start_new_session=True)
         try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(self.proc.pid))
+        except OSError as e:
+            log.warning("agent on %s: cannot join cgroup %s: %s", self.node, self.cgroup, e)
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            assert self.proc is not None
+            code = self.proc.poll()
+            if code is None:
+                if self._stop.wait(0.5):
+                    return
+                continue
+            log.warning("netplane agent on %s exited (%s); restarting in %.0fs", self.node, code, backoff)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self, grace: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def run_foreground(topology: Topology, name: str | None, *, detached: bool = False,

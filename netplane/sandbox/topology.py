@@ -44,7 +44,7 @@ DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 DEFAULT_DNS_IP = "10.96.0.10"
 # Until netplane's own CNI and DNS land, the sandbox stands on Debian's reference plugins and
 # runs without cluster DNS (issue 3); those issues flip these defaults.
-DEFAULT_CNI = "bridge"
+DEFAULT_CNI = "netplane"
 DEFAULT_PROXY = "none"
 DEFAULT_DNS = False
 

@@ -197,7 +197,7 @@ manifests:
         readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
 """)
     name = "f" + os.urandom(3).hex()
-    proc = subprocess.run([NETPLANE, "up", str(topo), "--name", name, "--timeout", "8"],
+    proc = subprocess.run([NETPLANE, "up", str(topo), "--name", name, "--timeout", "20"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "never" in proc.stderr, proc.stderr
