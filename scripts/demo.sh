@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Demo: a sandbox cluster (topologies/default.yaml: 2 nodes, web pods, a client pod, a Service)
+# Demo: a sandbox cluster (topologies/default.yaml: 2 nodes on netplane's CNI, web pods, a client
+# pod, a Service)
 # made of network namespaces, driven with kubectl and `netplane exec`, then removed.
 #
 #   make demo        (or: bash scripts/demo.sh after `make setup`)
@@ -44,8 +45,13 @@ client_node=$(k get pod client -o jsonpath='{.spec.nodeName}')
 step "client ($client_node) -> web-1 $web1:8080, a pod on the same node"
 "$NETPLANE" exec --name "$NAME" client -- curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' "http://$web1:8080/"
 
-step "client -> web-2 $web2:8080, a pod on the other node (underlay routes)"
+step "client -> web-2 $web2:8080, a pod on the other node (over netplane's VXLAN overlay)"
 "$NETPLANE" exec --name "$NAME" client -- curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' "http://$web2:8080/"
+
+step "node1's overlay: route, neighbour and FDB entry for node2 (programmed by netplane agent)"
+"$NETPLANE" exec --name "$NAME" --node node1 -- ip route show dev np.vx1
+"$NETPLANE" exec --name "$NAME" --node node1 -- ip neigh show dev np.vx1
+"$NETPLANE" exec --name "$NAME" --node node1 -- bridge fdb show dev np.vx1
 
 step "ping from the client pod to web-2"
 "$NETPLANE" exec --name "$NAME" client -- ping -c 2 -W 1 "$web2"
