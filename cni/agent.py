@@ -234,7 +234,9 @@ class Agent:
         self._publish_annotations(mac, node_ip)
         self._program_masquerade()
         self._reconcile_ipam_with_pods()
-        self._replay_pending_deletes()
+        # The overlay is programmed before the first ADD is served: a pod is only handed out once
+        # it can reach the other nodes' pods.
+        self._reconcile()
         self.network.ready_reason = None
 
     def _publish_annotations(self, mac: str, node_ip: str) -> None:
