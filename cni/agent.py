@@ -55,6 +55,21 @@ class KernelDatapath:
 
 class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: with more concurrent CNI calls (a node starting many
+    # pods at once), curl's non-blocking connect() on the unix socket fails with EAGAIN and the
+    # shim reports the agent unreachable (code 11).
+    request_queue_size = 256
+
+
+class _HealthServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves its address with getfqdn(): a reverse DNS lookup that
+        # blocks start-up for 10 s on a node whose resolver is unreachable (the sandbox's nodes).
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 def _make_cni_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
@@ -151,8 +166,12 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        def stop(*_: Any) -> None:
+            self.stopping.set()
+            self._resync.set()  # wake the reconcile loop now, not at the next 30 s resync
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
+            signal.signal(sig, stop)
         self._start_servers()
         self.client = Client(load_config(self.args.kubeconfig))
         self.nodes = Informer(self.client, "/api/v1/nodes", Node.from_dict, name="agent-nodes")
@@ -191,8 +210,7 @@ class Agent:
         finally:
             os.umask(old_umask)
         host, _, port = self.args.metrics_addr.rpartition(":")
-        health = ThreadingHTTPServer((host or "0.0.0.0", int(port)), _make_health_handler_class(self))
-        health.daemon_threads = True
+        health = _HealthServer((host or "0.0.0.0", int(port)), _make_health_handler_class(self))
         self._servers = [cni_server, health]
         for srv in self._servers:
             threading.Thread(target=srv.serve_forever, daemon=True, name=f"agent-{type(srv).__name__}").start()
@@ -287,6 +305,14 @@ class Agent:
             try:
                 with open(path, "rb") as f:
                     req = parse_spooled_del(f.read())
+                ipam = self.network.ipam
+                since = ipam.reserved_since(req.container_id, req.ifname) if ipam else None
+                if since is not None and since > os.stat(path).st_mtime:
+                    # The runtime ADDed this key again after the DEL was recorded: the DEL is
+                    # history, and replaying it would tear down the live pod.
+                    log.info("dropping a stale pending DEL for %s/%s (re-added since)", req.container_id, req.ifname)
+                    os.unlink(path)
+                    continue
                 self.handler.delete(req)
                 log.info("replayed a DEL recorded while the agent was unreachable: %s/%s",
                          req.container_id, req.ifname)

@@ -134,12 +134,15 @@ class CniHandler:
     def _add(self, req: CniRequest) -> dict[str, Any]:
         ipam = self._ipam()
         mtu = int(req.config.get("mtu") or self.network.mtu)
-        alloc = ipam.allocate(req.container_id, req.ifname)
+        alloc, reserved = ipam.reserve(req.container_id, req.ifname)
         try:
             wired = self.datapath.wire(req, alloc, mtu)
         except BaseException:
-            # Nothing partially left behind: the wiring rolled itself back; give the IP back too.
-            ipam.release(req.container_id, req.ifname)
+            # Nothing partially left behind: the wiring rolled itself back; give the IP back too,
+            # but only if this ADD reserved it. A repeated ADD for a key that is already wired
+            # fails in the wiring ("already exists") and must not free the live pod's address.
+            if reserved:
+                ipam.release(req.container_id, req.ifname)
             raise
         self._on_pod_change()
         return build_add_result(

@@ -138,15 +138,30 @@ class IpamStore:
 
     def allocate(self, container_id: str, ifname: str) -> Allocation:
         """The key's address: the existing one if it has one (a retried ADD), else a new one."""
+        return self.reserve(container_id, ifname)[0]
+
+    def reserve(self, container_id: str, ifname: str) -> tuple[Allocation, bool]:
+        """`allocate`, and whether this call made the reservation (False: the key had one), so a
+        failed ADD gives back only an address it reserved itself, never a live pod's."""
         validate_key(container_id, ifname)
         key = (container_id, ifname)
         with self._locked():
             scan = self._scan()
             if key in scan.by_key:
-                return scan.by_key[key][1]
+                return scan.by_key[key][1], False
             ip = self._reserve(key, scan)
             self._write_last_reserved(ip)
-            return self.pool.allocation(key, ip)
+            return self.pool.allocation(key, ip), True
+
+    def reserved_since(self, container_id: str, ifname: str) -> float | None:
+        """When the key's current reservation was made (its file's mtime), or None."""
+        alloc = next((a for a in self.allocations() if (a.container_id, a.ifname) == (container_id, ifname)), None)
+        if alloc is None:
+            return None
+        try:
+            return os.stat(os.path.join(self.state_dir, alloc.ip)).st_mtime
+        except OSError:
+            return None
 
     def release(self, container_id: str, ifname: str) -> Allocation | None:
         """Drop every file of exactly this key (never match on anything looser: a late DEL must

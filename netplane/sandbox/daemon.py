@@ -189,14 +189,18 @@ class Cluster:
             rules = ("*nat\n:NETPLANE-MASQ - [0:0]\n-A POSTROUTING -j NETPLANE-MASQ\n"
                      f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -d {self.topology.cluster_cidr} -j RETURN\n"
                      f"-A NETPLANE-MASQ -s {pod_cidrs[node]} -j MASQUERADE\nCOMMIT\n")
-            if not self.topology.dns:
-                # No cluster DNS runs: refuse queries to its address at once, so resolvers in pods
-                # (e.g. http.server's reverse lookup at start) fail fast instead of timing out.
-                dns = self.topology.dns_ip
-                rules += ("*filter\n:NETPLANE-NODNS - [0:0]\n-A FORWARD -j NETPLANE-NODNS\n"
-                          f"-A NETPLANE-NODNS -d {dns} -p udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
-                          f"-A NETPLANE-NODNS -d {dns} -p tcp --dport 53 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
+            rules += self._no_dns_rules()
             network.run(["ip", "netns", "exec", self.names.node(node), "iptables-restore", "--noflush"], input=rules)
+
+    def _no_dns_rules(self) -> str:
+        """No cluster DNS runs: refuse queries to its address at once, so resolvers in pods
+        (e.g. http.server's reverse lookup at start) fail fast instead of timing out (10-20 s)."""
+        if self.topology.dns:
+            return ""
+        dns = self.topology.dns_ip
+        return ("*filter\n:NETPLANE-NODNS - [0:0]\n-A FORWARD -j NETPLANE-NODNS\n"
+                f"-A NETPLANE-NODNS -d {dns} -p udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n"
+                f"-A NETPLANE-NODNS -d {dns} -p tcp --dport 53 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
 
     def _start_cni_agents(self) -> None:
         """netplane's CNI: per node the shim + a conflist in the node's CNI dirs, and `netplane
@@ -225,6 +229,9 @@ class Cluster:
             }
             with open(os.path.join(conf_dir, "10-netplane.conflist"), "w") as f:
                 json.dump(conflist, f, indent=2)
+            if no_dns := self._no_dns_rules():
+                network.run(["ip", "netns", "exec", self.names.node(node), "iptables-restore", "--noflush"],
+                            input=no_dns)
             cmd = agent_command(node, kubeconfig=os.path.join(self.names.state_dir, "kubeconfig.underlay"),
                                 socket=socket_path, state_dir=os.path.join(node_dir, "cni-state"),
                                 conf_dir=conf_dir, bin_dir=bin_dir,
@@ -399,6 +406,7 @@ class SupervisedAgent:
         self._thread.start()
 
     def _spawn(self) -> None:
+        self._started_at = time.monotonic()
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                          start_new_session=True)
@@ -417,6 +425,8 @@ class SupervisedAgent:
                 if self._stop.wait(0.5):
                     return
                 continue
+            if time.monotonic() - self._started_at > 60:
+                backoff = 1.0  # it ran fine for a while: this is a new failure, not a crash loop
             log.warning("netplane agent on %s exited (%s); restarting in %.0fs", self.node, code, backoff)
             if self._stop.wait(backoff):
                 return

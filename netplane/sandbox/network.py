@@ -114,7 +114,7 @@ def set_node_routes(netns: str, routes: Mapping[str, str]) -> None:
 # -- teardown -------------------------------------------------------------------------------------
 
 
-def kill_cgroup(path: str, timeout: float = 5.0) -> None:
+def kill_cgroup(path: str, timeout: float = 15.0) -> None:
     """Kill every process in a cgroup (v2 `cgroup.kill`) and remove the directory tree."""
     if not os.path.isdir(path):
         return
@@ -133,10 +133,17 @@ def kill_cgroup(path: str, timeout: float = 5.0) -> None:
             except OSError:
                 break
             time.sleep(0.05)
-        try:
-            os.rmdir(dirpath)
-        except OSError as e:
-            log.warning("cannot remove cgroup %s: %s", dirpath, e)
+        # The kernel may report the cgroup busy a moment after its last process is gone.
+        for attempt in range(50):
+            try:
+                os.rmdir(dirpath)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if attempt == 49:
+                    log.warning("cannot remove cgroup %s: %s", dirpath, e)
+                time.sleep(0.1)
 
 
 def kill_netns_processes(netns: str) -> None:

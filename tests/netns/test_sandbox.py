@@ -114,8 +114,10 @@ spec:
     sb.kubectl("delete", "pod", "gated", "--timeout=60s")
     assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not os.path.exists(f"/etc/netns/{netns}")
-    ipam_dir = os.path.join(ClusterNames(sb.name).node_dir("node2"), "ipam")
-    reserved = {f for d, _, fs in os.walk(ipam_dir) for f in fs}
+    # IPAM state (whichever CNI) lives under the node's state dir, one file per reserved IP.
+    node_dir = ClusterNames(sb.name).node_dir("node2")
+    reserved = {f for d, _, fs in os.walk(node_dir) for f in fs}
+    assert sb.pod_json("web-2")["status"]["podIP"] in reserved, "IPAM state not where this test looks"
     assert gated_ip not in reserved, "the deleted pod's IP is still reserved"
     assert root_netns_snapshot() == before
 
