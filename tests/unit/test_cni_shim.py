@@ -336,6 +336,20 @@ def test_socket_from_config(run, agent: FakeAgent) -> None:
     assert proc.returncode == 0 and len(agent.requests) == 1
 
 
+def test_socket_from_config_needs_no_jq(run, agent: FakeAgent, nojq_bin: Path) -> None:
+    # The sandbox and kind conflists carry `socket`: that path must not start jq (~25 ms).
+    proc = run(cni_env("ADD"), conf(socket=agent.sock), path=nojq_bin)
+    assert proc.returncode == 0 and len(agent.requests) == 1, proc.stdout
+
+
+def test_socket_key_twice_is_left_to_jq(run, agent: FakeAgent, sockdir: Path) -> None:
+    # A nested "socket" key elsewhere must not win over the top-level one.
+    cfg = json.loads(conf(socket=agent.sock))
+    cfg = {"args": {"socket": str(sockdir / "wrong.sock")}, **cfg}
+    proc = run(cni_env("ADD"), json.dumps(cfg).encode())
+    assert proc.returncode == 0 and len(agent.requests) == 1, proc.stdout
+
+
 def test_socket_default(run) -> None:
     if os.path.exists(protocol.DEFAULT_SOCKET):
         pytest.skip("a netplane agent socket exists on this machine")
