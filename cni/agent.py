@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import socketserver
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from netplane.cni.ipam import Allocation, IpamStore
 from netplane.cni.overlay import VxlanOverlay, compute_peers, node_annotations, own_vtep_mac
 from netplane.cni.protocol import CniRequest, parse_spooled_del, shim_reply
 from netplane.cni import wiring
+from netplane import signals
 from netplane.errors import ConfigError, NetplaneError
 from netplane.k8s import Client, Informer, Node, load_config
 from netplane.metrics import CONTENT_TYPE, Gauge, Registry
@@ -167,12 +167,8 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def run(self) -> int:
-        def stop(*_: Any) -> None:
-            self.stopping.set()
-            self._resync.set()  # wake the reconcile loop now, not at the next 30 s resync
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
+        # SIGTERM also wakes the reconcile loop now, not at the next 30 s resync.
+        signals.stop_on_signals(self.stopping, self._resync)
         self._start_servers()
         self.client = Client(load_config(self.args.kubeconfig))
         self.nodes = Informer(self.client, "/api/v1/nodes", Node.from_dict, name="agent-nodes")
@@ -185,7 +181,7 @@ class Agent:
                      self.network.mtu, self.overlay.mac if self.overlay else "-")
             while not self.stopping.is_set():
                 self._reconcile()
-                self._resync.wait(RESYNC_SECONDS)
+                signals.wait(self._resync, RESYNC_SECONDS)
                 self._resync.clear()
         finally:
             self.nodes.stop()

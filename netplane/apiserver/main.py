@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from netplane.apiserver.allocators import ServiceAllocator
 from netplane.apiserver.api import Api
 from netplane.apiserver.server import ApiHTTPServer, make_server, serve_in_threads
 from netplane.apiserver.store import MemoryPersistence, SqlitePersistence, Store
+from netplane import signals
 from netplane.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         bookmark_interval=args.bookmark_interval,
     ).start()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signals.stop_on_signals(stop)
     try:
         if args.write_kubeconfig:
             from netplane.k8s.config import write_kubeconfig
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             " ".join(server.urls), server.store.rv, args.data_dir or "in memory",
             f", kubeconfig {args.write_kubeconfig}" if args.write_kubeconfig else "",
         )
-        stop.wait()
+        signals.wait(stop)
         log.info("apiserver stopping")
     finally:
         server.stop()
