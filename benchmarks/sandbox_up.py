@@ -164,7 +164,7 @@ def render(r: dict, runs: int) -> str:
     lines = [
         f"# Sandbox clusters: {r['pods_per_node']} pods per node, median (min–max) of {runs} runs",
         "",
-        "| nodes | `netplane up` until all pods Ready (s) | `netplane down` (s) | daemon RSS (MB) | all pod processes RSS (MB) |",
+        "| nodes | `netplane up` until all pods Ready (s) | `netplane down` (s) | daemon RSS (MB) | node cgroups RSS: agents + pod processes (MB) |",
         "|---|---|---|---|---|",
     ]
     for n, c in r["clusters"].items():
