@@ -474,9 +474,7 @@ class Api:
             else:
                 obj["status"] = new_status
             meta = obj["metadata"]
-            if rt.kind == "Node":
-                # Node status writes may also change labels and annotations (the node status
-                # strategy keeps only the spec): flannel-style agents publish their VTEP this way.
+            if rt.status_keeps_metadata:
                 for key in ("labels", "annotations"):
                     if new_meta.get(key) is None:
                         meta.pop(key, None)
@@ -497,7 +495,7 @@ class Api:
         self._validate(rt, obj, old, subresource)
         obj, plan = self._allocate(rt, old, obj)
         meta = obj["metadata"]
-        if obj == {**old, "metadata": {**old_meta}} and meta == old_meta:
+        if obj == old:
             return current  # a no-op write changes nothing, not even the resourceVersion
         if dry_run:
             return Stored.of(obj)

@@ -22,6 +22,9 @@ class ResourceType:
     # Extra field-selector labels this resource supports besides metadata.name/metadata.namespace.
     field_labels: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    # Status writes also take labels/annotations from the request (the real node status strategy
+    # resets only the spec): flannel-style agents publish their VTEP through nodes/status.
+    status_keeps_metadata: bool = False
 
     @property
     def api_version(self) -> str:
@@ -47,7 +50,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "Namespace", False, ("ns",), ("status",), True,
                  ("status.phase",)),
     ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), True,
-                 ("spec.unschedulable",)),
+                 ("spec.unschedulable",), status_keeps_metadata=True),
     ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "binding"), True,
                  ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                   "spec.serviceAccountName", "spec.hostNetwork", "status.phase",

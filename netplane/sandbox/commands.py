@@ -19,7 +19,7 @@ from pathlib import Path
 
 from netplane.errors import ConfigError, NetplaneError
 from netplane.sandbox import network
-from netplane.sandbox.names import CLUSTER_NAME, ClusterNames
+from netplane.sandbox.names import ClusterNames
 from netplane.sandbox.state import clusters, pid_alive, read_state
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "default.yaml"
@@ -32,8 +32,10 @@ def _require_root() -> None:
 
 def _cluster_name(args: argparse.Namespace) -> str:
     if args.name:
-        if not CLUSTER_NAME.match(args.name):
-            raise ConfigError(f"--name {args.name!r}: 1-8 characters a-z0-9 (it goes into interface names)")
+        from netplane.sandbox.topology import cluster_name_problem
+
+        if problem := cluster_name_problem(args.name):
+            raise ConfigError(f"--name: {problem}")
         return args.name
     existing = clusters()
     if len(existing) == 1:

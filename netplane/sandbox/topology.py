@@ -31,6 +31,7 @@ from netplane.apiserver.validation_names import (
     label_value_errors,
     qualified_name_errors,
 )
+from netplane.sandbox.names import CLUSTER_NAME
 from netplane.sandbox.addressing import UnderlayPlan, plan_underlay
 from netplane.errors import ConfigError
 
@@ -55,7 +56,6 @@ MAX_NAME_LEN = 12  # node and host names end up in interface names (IFNAMSIZ: 15
 MAX_NODES = 1000  # a sandbox lives on one machine; also bounds the list `nodes: N` expands to
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
-_CLUSTER_NAME = re.compile(r"[a-z0-9]{1,8}")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 _TOP_FIELDS = ("name", "nodes", "hosts", "network", "cni", "proxy", "dns", "manifests",
@@ -202,7 +202,7 @@ def load_topology(source: str | Path, *, text: str | None = None) -> Topology:
 def cluster_name_problem(name: Any) -> str | None:
     if not isinstance(name, str):
         return f"must be a string, not {_kind(name)}"
-    if not _CLUSTER_NAME.fullmatch(name):
+    if not CLUSTER_NAME.fullmatch(name):
         return (f"invalid cluster name {_q(name)}: must be 1 to 8 characters of [a-z0-9] (it "
                 f"prefixes every namespace and interface name the cluster makes, np-<name>-...)")
     return None
