@@ -19,6 +19,7 @@ from typing import Any
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+SERVICE_ANNOTATION_PREFIX = "service.kubernetes.io/"
 _LEGACY_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
 
 Pairs = tuple[tuple[str, str], ...]
@@ -159,6 +160,10 @@ class Service:
     ip_families: tuple[str, ...] = ()
     labels: Pairs = ()
     publish_not_ready_addresses: bool = False
+    # Only annotations under SERVICE_ANNOTATION_PREFIX (e.g. service.kubernetes.io/topology-mode):
+    # keeping all of them would make kubectl's last-applied-configuration churn every consumer.
+    annotations: Pairs = ()
+    traffic_distribution: str = ""  # spec.trafficDistribution, e.g. "PreferClose"
     resource_version: str = field(default="", compare=False)
 
     @property
@@ -206,6 +211,9 @@ class Service:
             ip_families=_strs(spec.get("ipFamilies")),
             labels=_pairs(meta.get("labels")),
             publish_not_ready_addresses=_bool(spec.get("publishNotReadyAddresses")),
+            annotations=tuple((k, v) for k, v in _pairs(meta.get("annotations"))
+                              if k.startswith(SERVICE_ANNOTATION_PREFIX)),
+            traffic_distribution=_str(spec.get("trafficDistribution")),
             resource_version=_str(meta.get("resourceVersion")),
         )
 
