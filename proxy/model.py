@@ -64,9 +64,9 @@ class ServicePortInfo:
     @property
     def uses_cluster_endpoints(self) -> bool:
         """Some traffic to this port is routed with the Cluster policy (kube-proxy's
-        UsesClusterEndpoints)."""
-        return not self.internal_policy_local or (
-            self.externally_accessible and not self.external_policy_local)
+        UsesClusterEndpoints). Externally accessible ports always need them: even with
+        externalTrafficPolicy Local, pods and the node short-circuit to every endpoint."""
+        return not self.internal_policy_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:

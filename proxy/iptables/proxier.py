@@ -1,0 +1,144 @@
+"""IptablesProxier: the iptables backend behind the Provider seam.
+
+One sync: ProxyState → RuleCompiler (pure, incremental) → diff against the Ruleset applied last
+(pure) → one iptables-restore --noflush of the changed chains (port.py) → record what was
+applied → stale UDP conntrack cleanup. BaseProvider then updates /healthz and the health-check
+node ports.
+
+The plan is full (every chain written, and NP- chains in the kernel that nobody wants deleted)
+on the first sync, on BaseProvider's full syncs (periodic, after a failure, node change), when
+the canary chain NP-PROXY-CANARY has vanished from nat or filter (someone flushed our rules),
+and after any failed restore, because what a failed restore left behind is unknown. A sync in
+which nothing changed runs no iptables-restore at all; it only checks the canaries.
+
+Hook jumps (PREROUTING → NP-SERVICES, ...) are ensured on full syncs only, as kube-proxy does:
+they are outside our chains and only an outside flush removes them, which the canary catches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from netplane.proxy.conntrack import ConntrackCleaner, stale_udp_entries
+from netplane.proxy.iptables import names
+from netplane.proxy.iptables.port import TABLES, IptablesError, IptablesPort
+from netplane.proxy.iptables.ruleset import HOOK_JUMPS, Plan, Ruleset, diff, render_restore
+from netplane.proxy.iptables.rules import RuleCompiler
+from netplane.proxy.model import NodeContext, ProxyState
+from netplane.proxy.provider import BaseProvider, SyncResult
+
+log = logging.getLogger(__name__)
+
+
+class IptablesProxier(BaseProvider):
+    def __init__(self, node: NodeContext, port: IptablesPort, *,
+                 conntrack: ConntrackCleaner | None = None, masquerade_mark: int = 0x4000,
+                 large_cluster_threshold: int = 1000, **provider_options: Any) -> None:
+        super().__init__(node, **provider_options)
+        self.port = port
+        self.conntrack = conntrack
+        self._mark = masquerade_mark
+        self._threshold = large_cluster_threshold
+        self._compiler = self._new_compiler(node)
+        self._applied: Ruleset | None = None  # what the kernel holds, as far as we know
+        self.last_plan: Plan | None = None  # the plan of the last sync (tests, debugging)
+        self.restores = 0  # iptables-restore runs (a no-change sync adds none)
+
+    def _new_compiler(self, node: NodeContext) -> RuleCompiler:
+        return RuleCompiler(node, masquerade_mark=self._mark,
+                            large_cluster_threshold=self._threshold)
+
+    # -- the backend's part of a sync ---------------------------------------------------------
+
+    def sync_state(self, state: ProxyState, full: bool) -> SyncResult | None:
+        previous = self.last_state
+        reason = "requested" if full else ""
+        if self._compiler.node != self.node:
+            self._compiler = self._new_compiler(self.node)
+            full, reason = True, "node changed"
+        if self._applied is None and not full:
+            full, reason = True, "applied rules unknown"
+        if not full and not self._canaries_present():
+            log.warning("canary chain %s is gone: someone flushed the rules; full resync",
+                        names.CANARY)
+            full, reason = True, "canary gone"
+        desired = self._compiler.compile(state, full=full)
+        plan = diff(self._applied, desired, full=full)
+        if full:
+            plan = self._with_unknown_chains_deleted(plan, desired)
+        self.last_plan = plan
+        if not plan.empty():
+            text = render_restore(plan)
+            try:
+                self.port.restore(text)
+                if full:
+                    self.port.ensure_jumps(HOOK_JUMPS)
+            except IptablesError as e:
+                self.metrics.restore_failed(partial=not full)
+                self._applied = None  # the kernel state is unknown now: next sync is full
+                log.error("iptables %s sync failed: %s", "full" if full else "partial", e)
+                return SyncResult(False, str(e))
+            finally:
+                self.restores += 1
+        elif full:
+            self.port.ensure_jumps(HOOK_JUMPS)
+        self._applied = desired
+        self._record_rule_counts(desired, plan)
+        log.debug("iptables sync (%s): %d chains written, %d deleted", reason or "partial",
+                  sum(len(c) for c in plan.write.values()),
+                  sum(len(c) for c in plan.delete.values()))
+        self._clean_conntrack(previous, state)
+        return None
+
+    def _canaries_present(self) -> bool:
+        try:
+            return all(self.port.chain_exists(table, names.CANARY) for table in TABLES)
+        except IptablesError as e:
+            log.warning("cannot check the canary chains: %s", e)
+            return False
+
+    def _with_unknown_chains_deleted(self, plan: Plan, desired: Ruleset) -> Plan:
+        """Add the owned chains the kernel holds but nobody wants (left by an earlier process
+        or an earlier ruleset) to a full plan's deletions."""
+        delete: dict[str, frozenset[str]] = dict(plan.delete)
+        for table in TABLES:
+            existing = _owned_chains(self.port.save(table))
+            stale = existing - set(desired.chains(table)) - delete.get(table, frozenset())
+            if stale:
+                delete[table] = delete.get(table, frozenset()) | stale
+        return Plan(full=plan.full, write=plan.write, delete=MappingProxyType(delete))
+
+    def _record_rule_counts(self, desired: Ruleset, plan: Plan) -> None:
+        for table in TABLES:
+            total = sum(len(rules) for rules in desired.chains(table).values())
+            written = sum(len(rules) for rules in plan.write.get(table, {}).values())
+            self.metrics.iptables_rules(table, total=total, written=written)
+
+    def _clean_conntrack(self, previous: ProxyState | None, state: ProxyState) -> None:
+        if self.conntrack is None:
+            return
+        selectors = stale_udp_entries(previous, state, self.node)
+        if not selectors:
+            return
+        try:
+            self.conntrack.clean(selectors)
+        except Exception as e:  # noqa: BLE001 - a failed cleanup must not fail the sync
+            log.warning("stale UDP conntrack cleanup: %s", e)
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def applied(self) -> Ruleset | None:
+        return self._applied
+
+
+def _owned_chains(save_output: str) -> set[str]:
+    return {line[1:].split()[0] for line in save_output.splitlines()
+            if line.startswith(":") and names.is_owned_chain(line[1:].split()[0])}
+
+
+def rule_counts(ruleset: Ruleset) -> Mapping[str, int]:
+    return {t: sum(len(r) for r in ruleset.chains(t).values()) for t in TABLES}
