@@ -208,7 +208,14 @@ class BaseProvider:
         if reason is None and (self._last_full is None
                                or now - self._last_full >= self.full_sync_interval):
             reason = "periodic resync"
+        if reason is None:
+            reason = self.full_sync_reason()
         return reason
+
+    def full_sync_reason(self) -> str | None:
+        """Backend hook, asked before each sync that would otherwise be partial: a reason to
+        make it full (e.g. the iptables canary chain vanished), or None."""
+        return None
 
     def _sync_once(self) -> None:
         if not self.initialized:

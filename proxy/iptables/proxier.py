@@ -18,10 +18,10 @@ they are outside our chains and only an outside flush removes them, which the ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from netplane.metrics import Counter
 from netplane.proxy.conntrack import ConntrackCleaner, stale_udp_entries
 from netplane.proxy.iptables import names
 from netplane.proxy.iptables.port import TABLES, IptablesError, IptablesPort
@@ -45,7 +45,9 @@ class IptablesProxier(BaseProvider):
         self._compiler = self._new_compiler(node)
         self._applied: Ruleset | None = None  # what the kernel holds, as far as we know
         self.last_plan: Plan | None = None  # the plan of the last sync (tests, debugging)
-        self.restores = 0  # iptables-restore runs (a no-change sync adds none)
+        # Observable proof of "a sync without changes writes nothing", also from outside.
+        self._restores = Counter(self.metrics.registry, "netplane_proxy_iptables_restores_total",
+                                 "iptables-restore runs (a sync without changes runs none)")
 
     def _new_compiler(self, node: NodeContext) -> RuleCompiler:
         return RuleCompiler(node, masquerade_mark=self._mark,
@@ -55,16 +57,11 @@ class IptablesProxier(BaseProvider):
 
     def sync_state(self, state: ProxyState, full: bool) -> SyncResult | None:
         previous = self.last_state
-        reason = "requested" if full else ""
         if self._compiler.node != self.node:
             self._compiler = self._new_compiler(self.node)
-            full, reason = True, "node changed"
-        if self._applied is None and not full:
-            full, reason = True, "applied rules unknown"
-        if not full and not self._canaries_present():
-            log.warning("canary chain %s is gone: someone flushed the rules; full resync",
-                        names.CANARY)
-            full, reason = True, "canary gone"
+            full = True  # BaseProvider asked for a full sync too (on_node_update)
+        if self._applied is None:
+            full = True  # only a failed restore gets here, and BaseProvider retries it as full
         desired = self._compiler.compile(state, full=full)
         plan = diff(self._applied, desired, full=full)
         if full:
@@ -82,15 +79,26 @@ class IptablesProxier(BaseProvider):
                 log.error("iptables %s sync failed: %s", "full" if full else "partial", e)
                 return SyncResult(False, str(e))
             finally:
-                self.restores += 1
+                self._restores.inc()
         elif full:
             self.port.ensure_jumps(HOOK_JUMPS)
         self._applied = desired
         self._record_rule_counts(desired, plan)
-        log.debug("iptables sync (%s): %d chains written, %d deleted", reason or "partial",
+        log.debug("iptables sync (%s): %d chains written, %d deleted", "full" if full else "partial",
                   sum(len(c) for c in plan.write.values()),
                   sum(len(c) for c in plan.delete.values()))
         self._clean_conntrack(previous, state)
+        return None
+
+    def full_sync_reason(self) -> str | None:
+        """Asked by BaseProvider before a partial sync: rules we do not know, or rules someone
+        removed (the canary chains are gone: a firewall reload, `iptables -F -X`), need a full one."""
+        if self._applied is None:
+            return "applied rules unknown"
+        if not self._canaries_present():
+            log.warning("canary chain %s is gone: someone flushed the rules; full resync",
+                        names.CANARY)
+            return "canary chain gone"
         return None
 
     def _canaries_present(self) -> bool:
@@ -134,11 +142,12 @@ class IptablesProxier(BaseProvider):
     def applied(self) -> Ruleset | None:
         return self._applied
 
+    @property
+    def restores(self) -> int:
+        """iptables-restore runs so far (a sync without changes adds none)."""
+        return int(self._restores.value())
+
 
 def _owned_chains(save_output: str) -> set[str]:
     return {line[1:].split()[0] for line in save_output.splitlines()
             if line.startswith(":") and names.is_owned_chain(line[1:].split()[0])}
-
-
-def rule_counts(ruleset: Ruleset) -> Mapping[str, int]:
-    return {t: sum(len(r) for r in ruleset.chains(t).values()) for t in TABLES}
