@@ -20,6 +20,9 @@ hash = $(shell cat $(1) | sha256sum | cut -c1-16)
 # The system step also depends on the running kernel (the bcc headers link is per kernel).
 SYSTEM_STAMP := $(STAMPS)/system-$(call hash,scripts/setup-system.sh)-$(shell uname -r)
 VENV_STAMP := $(STAMPS)/venv-$(call hash,pyproject.toml)
+SHIM_BIN := cni/shim/netplane-c
+SHIM_SRC := $(wildcard cni/shim/*.c cni/shim/*.h)
+SHIM_CFLAGS := -O2 -Wall -Wextra -std=gnu11
 
 .PHONY: help setup test demo clean
 
@@ -29,8 +32,17 @@ help: ## list targets
 	    awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
 	@echo "variables: PYTEST_ARGS='...' extra arguments for pytest (make test)"
 
-setup: $(SYSTEM_STAMP) $(VENV_STAMP) ## install system packages (apt) and the .venv; fast when done
+setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(SHIM_BIN) ## install system packages (apt) and the .venv; fast when done
 	@:
+
+# The CNI shim in C (cni/shim/*.c; the bash shim cni/shim/netplane is the reference and the
+# fallback). Static when the toolchain allows, so it runs on any x86-64 node; else dynamic
+# against libc only. netplane.cni.shim_path() installs it when it exists.
+$(SHIM_BIN): $(SHIM_SRC) | $(SYSTEM_STAMP)
+	@echo "== building the CNI shim $@"
+	$(CC) $(SHIM_CFLAGS) -static -o $@.tmp $(filter %.c,$^) 2>/dev/null || \
+	    $(CC) $(SHIM_CFLAGS) -o $@.tmp $(filter %.c,$^)
+	mv -f $@.tmp $@
 
 $(SYSTEM_STAMP):
 	@echo "== system packages (scripts/setup-system.sh)"

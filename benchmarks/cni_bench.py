@@ -7,20 +7,21 @@ and measures, as the runtime sees it (the sandbox's CniRunner: libcni/containerd
 plugin run through `ip netns exec <node>`):
 
 1. ADD and DEL latency, p50/p99 over N pods, serially and `--parallel` at a time:
-   * netplane: a conflist with only the netplane plugin (the shim in the node's bin dir, which
-     forwards to the node's running agent over its unix socket); bin dirs [node bin, /usr/lib/cni];
+   * netplane: a conflist with only the netplane plugin: the shim `netplane.cni.shim_path()` picks
+     (the C shim when built, as `make setup` does; else the bash one), installed in a bin dir of
+     this run, forwarding to the node's running agent over its unix socket;
    * reference: Debian's bridge + host-local (/usr/lib/cni), bridge `npbench0` with its own
      subnet, host-local dataDir in a temp dir, in the SAME node namespace.
    Pod namespaces are made here with the sandbox's prefix (np-cnib-p-<hex>, so `netplane down`
    would find leftovers) and deleted after each measurement. The two plugins alternate which goes
    first from run to run. For netplane, the agent's own handle time comes from its /metrics
    histogram (netplane_cni_request_duration_seconds sum/count, delta over each phase).
-2. Where one netplane ADD spends its time: the exec prefix, bash, curl and HTTP, measured piece by
-   piece; the shim's own steps from a bash xtrace with $EPOCHREALTIME; and the agent's handle
-   split into IPAM, the forks (pyroute2's socket-in-netns child, the sysctl child), the waits
-   (veth oper-up, the pod ARPing its gateway) and the netlink calls, from the same library code
-   (netplane.cni.ipam / wiring) run in a child process inside the node namespace with timers
-   wrapped around those functions (nothing in the product is changed).
+2. Where one netplane ADD spends its time: the exec prefix, the shim (the C one and, for
+   comparison, the bash one on the same agent), the agent's handler (its /metrics), and the
+   handler split into IPAM, the namespace socket, the netlink requests and the waits (veth
+   oper-up, the pod ARPing its gateway), from the same library code (netplane.cni.ipam / wiring)
+   run in a child process inside the node namespace with timers wrapped around those functions
+   (nothing in the product is changed).
 3. iperf3 TCP throughput (one stream, `--iperf-seconds` each): pod on node1 → pod on node2 (VXLAN
    overlay), node1 → node2 (underlay), the underlay again with the pods' MSS (separates the MTU from
    the encapsulation) and, for context, pod → pod on the same node; the paths alternate run by run.
@@ -150,7 +151,8 @@ class Sandbox:
         return os.path.join(self.node_dir(node), "agent.sock")
 
     def shim(self, node: str) -> str:
-        return os.path.join(self.node_dir(node), "bin", "netplane")
+        """The shim this run installed for `node` (make_runners)."""
+        return os.path.join(self.tmp, f"np-{node}", "bin", "netplane")
 
     # pod namespaces, named as the sandbox names them so teardown finds leftovers
     def make_pods(self, count: int) -> list[str]:
@@ -217,17 +219,39 @@ def metrics_delta(before: dict, after: dict, verb: str) -> float | None:
 # -- runners --------------------------------------------------------------------------------------
 
 
+def install_shim(tmp: str, node: str) -> str:
+    """The shim the sandbox installs (netplane.cni.shim_path()), as `netplane` in a bin dir of
+    this run, by temp file + rename as the installers do; returns the bin dir."""
+    import shutil
+
+    import netplane.cni
+
+    bin_dir = os.path.join(tmp, f"np-{node}", "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    shutil.copyfile(netplane.cni.shim_path(), os.path.join(bin_dir, ".netplane.tmp"))
+    os.chmod(os.path.join(bin_dir, ".netplane.tmp"), 0o755)
+    os.replace(os.path.join(bin_dir, ".netplane.tmp"), os.path.join(bin_dir, "netplane"))
+    return bin_dir
+
+
+def shim_kind() -> str:
+    import netplane.cni
+
+    return "C" if netplane.cni.shim_path().endswith("-c") else "bash"
+
+
 def make_runners(sb: Sandbox, node: str, tmp: str):
     from netplane.sandbox.cni_runner import CniRunner
 
     prefix = ["ip", "netns", "exec", sb.node_ns(node)]
+    bin_dir = install_shim(tmp, node)
     np_conf = os.path.join(tmp, f"np-{node}", "net.d")
     os.makedirs(np_conf)
     Path(np_conf, "10-netplane.conflist").write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "netplane",
         "plugins": [{"type": "netplane", "socket": sb.socket(node)}],
     }))
-    netplane = CniRunner(np_conf, [os.path.join(sb.node_dir(node), "bin"), REF_BIN_DIR],
+    netplane = CniRunner(np_conf, [bin_dir, REF_BIN_DIR],
                          os.path.join(tmp, f"np-{node}", "cache"), exec_prefix=prefix)
     ref_conf = os.path.join(tmp, f"ref-{node}", "net.d")
     os.makedirs(ref_conf)
@@ -399,7 +423,7 @@ def latency(sb: Sandbox, runners: dict, args) -> dict:
 # -- breakdown of one netplane ADD ----------------------------------------------------------------
 
 
-SPAWN_CPU: list[float] = []  # CPU ms of the last spawn_ms (the process and all it ran)
+SPAWN_CPU: list[float] = [0.0]  # CPU ms of the last spawn_ms (the process and all it ran)
 
 
 def spawn_ms(argv: list[str], env: dict | None = None, stdin: bytes = b"") -> tuple[float, bytes, bytes, int]:
@@ -425,122 +449,50 @@ def shim_conf(sb: Sandbox, node: str) -> bytes:
                        "socket": sb.socket(node)}).encode()
 
 
-def xtrace_add(sb: Sandbox, node: str) -> dict:
-    """One shim ADD under `bash -x` with $EPOCHREALTIME in PS4: time per shim step (ms). The
-    trace itself costs a little; the split, not the total, is what this is for."""
-    (ns,) = sb.make_pods(1)
-    cid = secrets.token_hex(32)
-    bin_dir = os.path.dirname(sb.shim(node))
-    try:
-        t0 = time.time()
-        # PS4 set inside (bash does not take it from the environment when running as root)
-        proc = subprocess.run(["ip", "netns", "exec", sb.node_ns(node), "bash", "-c",
-                               "PS4='+${EPOCHREALTIME} '; set -x; source \"$0\"", sb.shim(node)],
-                              input=shim_conf(sb, node), env=shim_env("ADD", cid, ns, bin_dir),
-                              capture_output=True)
-        t_end = time.time()
-        trace = proc.stderr.decode(errors="replace")
-        if proc.returncode != 0:
-            raise SystemExit(f"traced shim ADD failed: {proc.stdout!r}\n{trace}")
-        spawn_ms(["ip", "netns", "exec", sb.node_ns(node), sb.shim(node)], shim_env("DEL", cid, ns, bin_dir),
-                 shim_conf(sb, node))
-    finally:
-        sb.drop_pods([ns])
-    Path(sb.tmp, "xtrace.log").write_text(trace)
-    lines = [ln for ln in trace.splitlines() if re.match(r"^\++\d+\.\d+ ", ln)]
-    stamps = [(float(ln.split()[0].lstrip("+")), ln.split(" ", 1)[1]) for ln in lines]
-    if not stamps:
-        return {}
-
-    def at(pattern: str, last: bool = False) -> float | None:
-        hits = [t for t, cmd in stamps if re.search(pattern, cmd)]
-        return (hits[-1] if last else hits[0]) if hits else None
-
-    first, last = stamps[0][0], stamps[-1][0]
-    marks = [  # (name of the span that ends at the mark, pattern of the mark's trace line)
-        ("bash_start_incl_exec_prefix", None),
-        ("script_start_to_base64", r"^base64 -w0"),
-        ("base64_stdin", r"^stdin_ok="),
-        ("probe_for_socket_key_base64_d_tr", r"^config_field socket|^sock=/|^\[\[ -z /"),
-        ("socket_field_via_jq", r"^sock=/"),
-        ("checks_and_request_build", r"^curl -sS"),
-        ("curl_roundtrip_incl_agent", r"^rc="),
-        ("reply_parse", r"^exit "),
-    ]
-    out = {"bash_start_incl_exec_prefix": (first - t0) * 1000}
-    prev = first
-    for name, pattern in marks[1:]:
-        t = at(pattern, last=name == "reply_parse")
-        if t is None or t < prev:
-            continue
-        out[name] = (t - prev) * 1000
-        prev = t
-    out["exit_to_parent"] = (t_end - last) * 1000
-    out["total"] = (t_end - t0) * 1000
-    return out
+BASH_SHIM = str(HERE.parent / "cni" / "shim" / "netplane")
 
 
 def breakdown(sb: Sandbox, runners: dict, args) -> dict:
     node = "node1"
     prefix = ["ip", "netns", "exec", sb.node_ns(node)]
-    sock = sb.socket(node)
     bin_dir = os.path.dirname(sb.shim(node))
     n = args.breakdown_iterations
-    rows: dict[str, list[float]] = {k: [] for k in ("agent_add", "agent_del", "runner_add", "runner_del")}
+    rows: dict[str, list[float]] = {k: [] for k in ("agent_add", "agent_del", "runner_add", "runner_del",
+                                                    "agent_add_bash")}
     cpu: dict[str, list[float]] = {}
 
     def rec(name: str, ms: float) -> None:
         rows.setdefault(name, []).append(ms)
         cpu.setdefault(name, []).append(SPAWN_CPU[0])
 
-    jq_prog = 'if length == 1 and (.[0] | type) == "object" then (.[0][$k] | strings) // "" else "" end'
-    for i in range(n):
-        rec("python_popen_true", spawn_ms(["/bin/true"])[0])
-        rec("exec_prefix_true", spawn_ms([*prefix, "/bin/true"])[0])
-        rec("exec_prefix_bash_true", spawn_ms([*prefix, "/bin/bash", "-c", "true"])[0])
-        rec("shim_version", spawn_ms([*prefix, sb.shim(node)], {**os.environ, "CNI_COMMAND": "VERSION"})[0])
-        rec("base64_spawn", spawn_ms(["base64", "-w0"], stdin=shim_conf(sb, node))[0])
-        rec("jq_socket_field", spawn_ms(["jq", "-r", "-s", "--arg", "k", "socket", jq_prog],
-                                        stdin=shim_conf(sb, node))[0])
-        ms, out, _, _ = spawn_ms([*prefix, "curl", "-sS", "--unix-socket", sock, "-o", "/dev/null", "-w",
-                                  "%{http_code}", "-H", "Content-Type: application/json", "-H", "Expect:",
-                                  "--data-binary", "", "http://netplane-agent/v1/bench-404"])
-        assert out == b"404", out
-        rec("curl_post_404", ms)
-        # the shim alone (no CniRunner around it): ADD and DEL of a fresh pod
+    def shim_add_del(shim: str, label: str, i: int) -> None:
         (ns,) = sb.make_pods(1)
         cid = secrets.token_hex(32)
         try:
             m0 = sb.agent_metrics(node)
-            ms, out, err, rc = spawn_ms([*prefix, sb.shim(node)], shim_env("ADD", cid, ns, bin_dir), shim_conf(sb, node))
+            ms, out, err, rc = spawn_ms([*prefix, shim], shim_env("ADD", cid, ns, bin_dir), shim_conf(sb, node))
             if rc != 0:
-                raise SystemExit(f"shim ADD failed: {out!r} {err!r}")
+                raise SystemExit(f"{label} ADD failed: {out!r} {err!r}")
             m1 = sb.agent_metrics(node)
-            rec("shim_add", ms)
-            rows["agent_add"].append(metrics_delta(m0, m1, "ADD"))
-            ms, out, err, rc = spawn_ms([*prefix, sb.shim(node)], shim_env("DEL", cid, ns, bin_dir), shim_conf(sb, node))
+            rec(f"{label}_add", ms)
+            rows["agent_add" if label == "shim" else "agent_add_bash"].append(metrics_delta(m0, m1, "ADD"))
+            ms, out, err, rc = spawn_ms([*prefix, shim], shim_env("DEL", cid, ns, bin_dir), shim_conf(sb, node))
             if rc != 0:
-                raise SystemExit(f"shim DEL failed: {out!r} {err!r}")
+                raise SystemExit(f"{label} DEL failed: {out!r} {err!r}")
             m2 = sb.agent_metrics(node)
-            rec("shim_del", ms)
-            rows["agent_del"].append(metrics_delta(m1, m2, "DEL"))
+            rec(f"{label}_del", ms)
+            if label == "shim":
+                rows["agent_del"].append(metrics_delta(m1, m2, "DEL"))
         finally:
             sb.drop_pods([ns])
-        # the same with the socket from NETPLANE_AGENT_SOCKET and no "socket" key in the config:
-        # the shim then never starts jq (what a config without the key costs)
-        (ns,) = sb.make_pods(1)
-        cid = secrets.token_hex(32)
-        conf = json.dumps({"cniVersion": "1.0.0", "name": "netplane", "type": "netplane"}).encode()
-        try:
-            env = {**shim_env("ADD", cid, ns, bin_dir), "NETPLANE_AGENT_SOCKET": sock}
-            ms, out, err, rc = spawn_ms([*prefix, sb.shim(node)], env, conf)
-            if rc != 0:
-                raise SystemExit(f"shim ADD (env socket) failed: {out!r} {err!r}")
-            rec("shim_add_socket_from_env", ms)
-            env["CNI_COMMAND"] = "DEL"
-            spawn_ms([*prefix, sb.shim(node)], env, conf)
-        finally:
-            sb.drop_pods([ns])
+
+    for i in range(n):
+        rec("python_popen_true", spawn_ms(["/bin/true"])[0])
+        rec("exec_prefix_true", spawn_ms([*prefix, "/bin/true"])[0])
+        rec("shim_version", spawn_ms([*prefix, sb.shim(node)], {**os.environ, "CNI_COMMAND": "VERSION"})[0])
+        # the installed shim alone (no CniRunner around it), then the bash shim on the same agent
+        shim_add_del(sb.shim(node), "shim", i)
+        shim_add_del(BASH_SHIM, "bash_shim", i)
         # the same through CniRunner (what the latency table measures), one pod
         (ns,) = sb.make_pods(1)
         cid = secrets.token_hex(32)
@@ -553,9 +505,8 @@ def breakdown(sb: Sandbox, runners: dict, args) -> dict:
             rows["runner_del"].append((time.perf_counter() - t) * 1000)
         finally:
             sb.drop_pods([ns])
-    med = {k: statistics.median(v) for k, v in rows.items()}
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
     cpu_mean = {k: statistics.fmean(v) for k, v in cpu.items()}
-    trace = xtrace_add(sb, node)
     # the agent side, piece by piece, in a child process inside the node namespace
     nss = sb.make_pods(n)
     try:
@@ -568,9 +519,8 @@ def breakdown(sb: Sandbox, runners: dict, args) -> dict:
     finally:
         sb.drop_pods(nss)
     pid = sb.agent_pid(node)
-    return {"iterations": n, "median_ms": med, "runs_ms": rows, "cpu_mean_ms": cpu_mean, "xtrace_one_add_ms": trace,
-            "agent_profile": profile, "agent_rss_mb": rss_mb(pid),
-            "agent_threads": _threads(pid)}
+    return {"iterations": n, "shim": shim_kind(), "median_ms": med, "runs_ms": rows, "cpu_mean_ms": cpu_mean,
+            "agent_profile": profile, "agent_rss_mb": rss_mb(pid), "agent_threads": _threads(pid)}
 
 
 def _threads(pid: int | None) -> int | None:
@@ -585,7 +535,7 @@ def _threads(pid: int | None) -> int | None:
 def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
     """Runs inside the node namespace (as the agent does): the agent's ADD/DEL steps with
     netplane.cni's own functions, timers wrapped around the expensive parts."""
-    from netplane.cni import wiring
+    from netplane.cni import rtnl, wiring
     from netplane.cni.ipam import IpamStore
 
     spans: dict[str, float] = {}
@@ -593,29 +543,28 @@ def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
     def add_span(name: str, ms: float) -> None:
         spans[name] = spans.get(name, 0.0) + ms
 
-    real_iproute = wiring.IPRoute
-    depth = [0]  # netlink calls inside a timed wait count for the wait
+    depth = [0]  # netlink requests inside a timed wait count for the wait
 
-    def timed_method(fn, name):
-        def call(*a, **kw):
-            if depth[0]:
-                return fn(*a, **kw)
+    class TimedRtnl(rtnl.Rtnl):
+        @classmethod
+        def open(cls, netns_fd=None):
             t = time.perf_counter()
             try:
-                return fn(*a, **kw)
+                return super().open(netns_fd)
             finally:
-                what = f"{name}_{a[0]}" if a and isinstance(a[0], str) else name
-                add_span(f"nl_{what}", (time.perf_counter() - t) * 1000)
-        return call
+                add_span("netlink_socket_in_pod_netns_thread" if netns_fd is not None else "netlink_socket_own_netns",
+                         (time.perf_counter() - t) * 1000)
 
-    def timed_iproute(*a, **kw):
-        t = time.perf_counter()
-        ipr = real_iproute(*a, **kw)
-        add_span("netlink_socket_in_pod_netns_fork" if kw.get("netns") else "netlink_socket_own_netns",
-                 (time.perf_counter() - t) * 1000)
-        for name in ("link", "addr", "route", "neigh", "link_lookup"):
-            setattr(ipr, name, timed_method(getattr(ipr, name), name))
-        return ipr
+        def request(self, msg_type, flags, body, what):
+            if depth[0]:
+                return super().request(msg_type, flags, body, what)
+            t = time.perf_counter()
+            try:
+                return super().request(msg_type, flags, body, what)
+            finally:
+                words = what.split()
+                add_span("nl_" + "_".join(words[:2] if words[0] in ("add", "set", "get", "replace") else words[:1]),
+                         (time.perf_counter() - t) * 1000)
 
     real_sysctls = wiring._write_sysctls
 
@@ -638,7 +587,7 @@ def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
             add_span("wait_gateway_arp" if "resolving" in what else "wait_veth_oper_up",
                      (time.perf_counter() - t) * 1000)
 
-    wiring.IPRoute = timed_iproute
+    wiring.Rtnl = TimedRtnl
     wiring._write_sysctls = timed_sysctls
     wiring._wait = timed_wait
 
@@ -671,7 +620,7 @@ def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
             row("wire_pod_total", total)
             for name, ms in spans.items():
                 row(f"wire_{name}", ms)
-            row("wire_rest_python_and_pyroute2_glue", total - sum(spans.values()))
+            row("wire_rest_python", total - sum(spans.values()))
             row("bare_os_fork_waitpid", fork_ms())
         for i in list(wired):
             spans.clear()
@@ -843,6 +792,7 @@ def main() -> int:
     global QUIET
     QUIET = Quiet(args.quiet_budget)
     result: dict = {
+        "shim": shim_kind(),
         "pods": args.pods, "parallel": args.parallel, "runs": args.runs,
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
@@ -906,7 +856,8 @@ def render(r: dict) -> str:
         f"{r['machine']['cpus']} CPUs, Linux {r['machine']['kernel']}, {r['machine']['reference_plugins']}; "
         f"load average at start {' '.join(r['machine']['loadavg_at_start'])}. Every call timed end to end as "
         "the runtime sees it (sandbox CniRunner, plugin run via `ip netns exec <node>`); "
-        f"{r['pods']} pods per case.",
+        f"{r['pods']} pods per case. netplane's plugin: the {r.get('shim', '?')} shim "
+        "(`netplane.cni.shim_path()`, installed by this script in a bin dir of its own).",
         "",
         "## ADD / DEL latency (ms)",
         "",
@@ -937,8 +888,9 @@ def render(r: dict) -> str:
     else:
         lines += ["", "ADD failures: none in this run (every ADD succeeded at the first attempt)."]
     lines += ["", "CPU per call (ms, median of runs): the plugin processes (everything the runtime execs: "
-              "`ip netns exec`, bash, jq, curl, base64 for netplane; bridge + host-local for the reference) "
-              "and, for netplane, the agent process (threads + its forked children).", "",
+              f"`ip netns exec` and the {r['breakdown']['shim']} shim for netplane; bridge + host-local for the "
+              "reference) "
+              "and, for netplane, the agent process (all its threads and any forked children).", "",
               "| case | verb | netplane plugin procs | netplane agent | netplane total | reference plugin procs |",
               "|---|---|---|---|---|---|"]
     for mode, d in lat.items():
@@ -956,9 +908,9 @@ def render(r: dict) -> str:
     b = r["breakdown"]
     m = b["median_ms"]
     p = b["agent_profile"]["median_ms"]
-    x = b.get("xtrace_one_add_ms", {})
     lines += [
-        f"## Where one netplane ADD goes (median of {b['iterations']} serial calls on an idle node)",
+        f"## Where one netplane ADD goes (median of {b['iterations']} serial calls on an idle node; "
+        f"installed shim: {b['shim']})",
         "",
         "| piece | wall ms | CPU ms | how measured |",
         "|---|---|---|---|",
@@ -971,46 +923,31 @@ def render(r: dict) -> str:
     ind = "&nbsp;&nbsp;"
     lines += [
         brow("CniRunner ADD, end to end", m["runner_add"], None, "as in the latency table, one pod at a time"),
-        brow("shim ADD alone (exec prefix + bash + jq + curl + agent)", m["shim_add"], "shim_add",
+        brow(f"shim ADD alone ({b['shim']} shim: exec prefix + shim + agent)", m["shim_add"], "shim_add",
              "Popen of `ip netns exec node shim`; CPU = the shim's process tree"),
         brow("→ agent handle (`netplane_cni_request_duration_seconds`)", m["agent_add"], None, "/metrics sum/count delta"),
         brow("→ everything outside the agent's handler", m["shim_add"] - m["agent_add"], None, "shim ADD − agent handle"),
         brow(f"{ind}Popen of /bin/true from Python", m["python_popen_true"], "python_popen_true", "baseline"),
         brow(f"{ind}`ip netns exec node /bin/true`", m["exec_prefix_true"], "exec_prefix_true",
              "the exec prefix (the reference pays it too)"),
-        brow(f"{ind}`ip netns exec node bash -c true`", m["exec_prefix_bash_true"], "exec_prefix_bash_true", "+ bash start"),
-        brow(f"{ind}shim VERSION (bash parses the script, exits early)", m["shim_version"], "shim_version",
-             "exec prefix + bash + script parse"),
-        brow(f"{ind}`base64 -w0` (the shim runs 3 base64, 1 tr)", m["base64_spawn"], "base64_spawn", "Popen from Python"),
-        brow(f"{ind}`jq` reading the `socket` field (the shim does this when the config has the key)",
-             m["jq_socket_field"], "jq_socket_field", "Popen from Python"),
-        brow(f"{ind}`ip netns exec node curl` POST → agent 404", m["curl_post_404"], "curl_post_404",
-             "exec prefix + curl start + HTTP over the unix socket (empty body), no handler"),
-        brow("shim ADD with the socket from NETPLANE_AGENT_SOCKET and no `socket` key (so no jq)",
-             m["shim_add_socket_from_env"], "shim_add_socket_from_env", "same Popen; the sandbox's conflist has the key"),
+        brow(f"{ind}shim VERSION (answered by the shim itself)", m["shim_version"], "shim_version",
+             "exec prefix + shim start"),
+        brow("bash shim ADD alone, same agent (for comparison)", m["bash_shim_add"], "bash_shim_add",
+             f"cni/shim/netplane: bash + curl (+ jq on odd input); agent handle {m['agent_add_bash']:.1f} ms"),
         brow("CniRunner's own work (conf load, cache write)", m["runner_add"] - m["shim_add"], None,
              "runner ADD − shim ADD (≈ 0 within noise)"),
         brow("DEL: shim alone", m["shim_del"], "shim_del", f"runner DEL {m['runner_del']:.1f} ms, agent handle "
-             f"{m['agent_del']:.1f} ms"),
+             f"{m['agent_del']:.1f} ms; bash shim DEL {m['bash_shim_del']:.1f} ms"),
         "",
     ]
-    jq, curl = m["jq_socket_field"], m["curl_post_404"] - m["exec_prefix_true"]
-    rest = m["shim_add"] - m["agent_add"] - jq - curl - m["exec_prefix_true"]
     ref_add = lat["serial"]["reference"]["add_p50_ms"]["median"]
+    outside = m["shim_add"] - m["agent_add"]
     lines += [
-        f"Reading: one serial netplane ADD ≈ {m['shim_add']:.0f} ms = jq {jq:.0f} (only to read `socket` from the "
-        f"config) + curl start and HTTP {curl:.0f} + the agent's handler {m['agent_add']:.0f} + exec prefix "
-        f"{m['exec_prefix_true']:.0f} + bash, base64, tr and the rest {rest:.0f}; the whole reference ADD is "
-        f"{ref_add:.0f} ms. Even with no shim at all, the agent's handler alone is "
-        f"{m['agent_add'] / ref_add:.1f}× the reference ADD.",
+        f"Reading: one serial netplane ADD ≈ {m['shim_add']:.1f} ms = the agent's handler {m['agent_add']:.1f} + "
+        f"exec prefix, shim and HTTP {outside:.1f}; the whole reference ADD is {ref_add:.1f} ms (p50 of the "
+        f"serial latency runs). The bash shim costs {m['bash_shim_add'] - m['shim_add']:.1f} ms more per ADD.",
         "",
     ]
-    if x:
-        lines += [
-            "Shim steps from one `bash -x` trace (PS4 = $EPOCHREALTIME; the trace adds a little): " + ", ".join(
-                f"{k.replace('_', ' ')} {v:.1f}" for k, v in x.items()) + " ms.",
-            "",
-        ]
     lines += [
         "Agent side, the same library calls in a child process in the node namespace "
         f"({b['agent_profile']['note']}; the agent itself: RSS {b['agent_rss_mb']:.0f} MB, "

@@ -9,6 +9,7 @@ Exiting leaves the datapath in place: pods keep their connectivity across agent 
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import logging
@@ -91,8 +92,6 @@ def _make_cni_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length)) if length else {}
                 env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
-                import base64
-
                 stdin = base64.b64decode(request.get("stdin") or "")
             except (ValueError, TypeError) as e:
                 self._reply(400, {"error": f"malformed shim request: {e}"})
@@ -285,13 +284,15 @@ class Agent:
                 _iptables_restore(f"*{table}\n-A {hook} -j {chain}\nCOMMIT\n")
 
     def _reconcile_ipam_with_pods(self) -> None:
-        """Start-up: an IP whose pod wiring is gone (pod deleted while we were down) is released."""
+        """Start-up: an IP whose pod wiring is gone (pod deleted while we were down) is released,
+        and so is every file that is not a readable reservation (a crashed writer's temp file, or
+        what a power loss left if the state is on a disk)."""
         assert self.network.ipam is not None
         wired = set(wiring.list_wired())
-        for alloc in self.network.ipam.allocations():
-            if wiring.host_veth_name(alloc.container_id, alloc.ifname) not in wired:
-                log.info("releasing %s of %s/%s: its pod is gone", alloc.ip, alloc.container_id, alloc.ifname)
-                self.network.ipam.release(alloc.container_id, alloc.ifname)
+        valid = {(a.container_id, a.ifname) for a in self.network.ipam.allocations()
+                 if wiring.host_veth_name(a.container_id, a.ifname) in wired}
+        for alloc in self.network.ipam.gc(valid):
+            log.info("released %s of %s/%s: its pod is gone", alloc.ip, alloc.container_id, alloc.ifname)
 
     def _replay_pending_deletes(self) -> None:
         """DELs the shim recorded while we were unreachable (same directory rule as the shim)."""

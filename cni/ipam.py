@@ -12,9 +12,19 @@ Layout of `state_dir`:
     .tmp.*            a reservation being written; garbage once no one holds the lock
 
 Crash safety: a reservation file only ever appears under its `<ip>` name through `link()` of a
-fully written and fsynced temp file, and link fails if the name exists. So a kill -9 at any point
-leaves either no `<ip>` file (only `.tmp.*` garbage, removed by `gc`) or a complete one, and the
-caller learns the address only after the link. The flock dies with its process.
+fully written temp file, and link fails if the name exists. So a kill -9 at any point leaves
+either no `<ip>` file (only `.tmp.*` garbage, removed by `gc`) or a complete one (written data
+outlives the process in the page cache), and the caller learns the address only after the link.
+The flock dies with its process. Nothing is fsynced: the state belongs on tmpfs, and pods do not
+survive a power loss anyway; if state_dir is on a disk and a power loss leaves an empty or
+unreadable file behind, it blocks its address only until the agent's start-up reconcile or a GC
+drops it (both release unreadable files). An fsync costs milliseconds per ADD on a disk.
+
+Speed: every operation lists the directory under the lock (so other processes' changes are
+always seen), but a reservation file is read only once per inode: files are never rewritten in
+place (a new reservation is a new inode, linked in), so (name, inode) identifies the content and
+the key read from it is kept in memory. An operation then costs one getdents instead of one
+open+read+parse per reserved address.
 """
 
 from __future__ import annotations
@@ -124,6 +134,17 @@ class _Scan:
     temps: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One reservation file as read: its inode, address, key (None: unreadable) and, when the
+    address is in the pool, the Allocation it stands for."""
+
+    inode: int
+    ip: IpAddress
+    key: Key | None
+    alloc: Allocation | None
+
+
 class IpamStore:
     """Reservations of one podCIDR in `state_dir`, safe across threads and processes."""
 
@@ -133,6 +154,8 @@ class IpamStore:
         # flock is per open file description: threads sharing this store need their own lock.
         self._mutex = threading.Lock()
         self._reported: set[str] = set()  # the directory is created by the first operation
+        # name -> what its current inode holds; see "Speed" in the module docstring
+        self._entries: dict[str, _Entry] = {}
 
     # -- API --
 
@@ -238,24 +261,34 @@ class IpamStore:
 
     def _scan(self) -> _Scan:
         scan = _Scan()
-        for name in sorted(os.listdir(self.state_dir)):
+        with os.scandir(self.state_dir) as it:
+            entries = sorted((e.name, e.inode()) for e in it)
+        seen: dict[str, _Entry] = {}
+        for name, inode in entries:
             if name in (LOCK_FILE, LAST_RESERVED_FILE):
                 continue
             if name.startswith(TMP_PREFIX):
                 scan.temps.append(name)
                 continue
-            ip = _parse_ip_name(name)
-            if ip is None:
-                self._report(name, "unexpected file name, ignored")
-                continue
-            self._scan_reservation(scan, name, ip)
+            entry = self._entries.get(name)
+            if entry is None or entry.inode != inode:
+                ip = _parse_ip_name(name)
+                if ip is None:
+                    self._report(name, "unexpected file name, ignored")
+                    continue
+                key = self._read_key(name)
+                alloc = self.pool.allocation(key, ip) if key is not None and self.pool.usable(ip) else None
+                entry = _Entry(inode, ip, key, alloc)
+            seen[name] = entry
+            self._scan_reservation(scan, name, entry)
+        self._entries = seen
         return scan
 
-    def _scan_reservation(self, scan: _Scan, name: str, ip: IpAddress) -> None:
-        usable = self.pool.usable(ip)
+    def _scan_reservation(self, scan: _Scan, name: str, entry: _Entry) -> None:
+        ip, key = entry.ip, entry.key
+        usable = entry.alloc is not None or self.pool.usable(ip)
         if usable:
             scan.taken.add(ip)  # even an unreadable file blocks its address (link would fail)
-        key = self._read_key(name)
         if key is None:
             scan.extra.append((name, None))
             return
@@ -265,9 +298,9 @@ class IpamStore:
             scan.extra.append((name, Allocation(key[0], key[1], name, ip.max_prefixlen, "")))
         elif key in scan.by_key:
             self._report(name, f"second reservation of {key}, dropped by gc")
-            scan.extra.append((name, self.pool.allocation(key, ip)))
+            scan.extra.append((name, entry.alloc))
         else:
-            scan.by_key[key] = (ip, self.pool.allocation(key, ip))
+            scan.by_key[key] = (ip, entry.alloc)
 
     def _read_key(self, name: str) -> Key | None:
         try:
@@ -312,7 +345,6 @@ class IpamStore:
                     os.link(tmp, os.path.join(self.state_dir, str(ip)))  # fails if it exists
                 except FileExistsError:
                     continue  # appeared since the scan (should not happen under the lock)
-                _fsync_dir(self.state_dir)  # the link itself must survive a power loss on a disk
                 return ip
             raise self._exhausted()
         finally:
@@ -327,21 +359,19 @@ class IpamStore:
                         f"({ipaddress.ip_address(self.pool.first)}-{ipaddress.ip_address(self.pool.last)}) "
                         "are reserved")
 
-    def _write_temp(self, data: bytes, durable: bool = True) -> str:
+    def _write_temp(self, data: bytes) -> str:
         fd, path = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.state_dir)  # O_EXCL, 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                if durable:
-                    os.fsync(f.fileno())  # a no-op on tmpfs; matters if state_dir is on a disk
         except BaseException:
             self._unlink(os.path.basename(path))
             raise
         return path
 
     def _write_last_reserved(self, ip: IpAddress) -> None:
-        tmp = self._write_temp(str(ip).encode(), durable=False)  # only a hint
+        tmp = self._write_temp(str(ip).encode())  # only a hint
         try:
             os.replace(tmp, os.path.join(self.state_dir, LAST_RESERVED_FILE))
         except OSError as e:
@@ -365,11 +395,3 @@ def _parse_ip_name(name: str) -> IpAddress | None:
     except ValueError:
         return None
     return ip if str(ip) == name else None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

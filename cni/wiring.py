@@ -9,9 +9,13 @@ Datapath (ptp-style, see README.md)::
 
 The node namespace is explicit: every function takes ``node_netns`` (a name under /run/netns or a
 path). ``None`` means the namespace this process runs in, which is what the agent uses (it runs
-inside the node namespace). Namespaces are always opened with ``IPRoute(netns=..., flags=0)``, so
-a wrong name is an error and never a new namespace; nothing here ever calls setns in this process
-(pyroute2 opens the per-namespace socket from a short-lived child, and so does ``_write_sysctls``).
+inside the node namespace). Namespaces are only ever opened as existing files, so a wrong name
+is an error and never a new namespace.
+
+Two netlink layers: ADD and DEL (the hot path, once per pod) use the lean client in rtnl.py,
+whose sockets in other namespaces come from a short-lived thread (``rtnl.in_netns``: the
+namespace is per thread in Linux; no long-lived thread ever changes namespace); CHECK and the
+start-up listing use pyroute2 (``IPRoute(netns=..., flags=0)``, a forked child per namespace).
 
 Errors are ``CniError``s: WIRING_FAILURE (102) naming the step and the interface/route that
 failed, INVALID_NETNS (8) naming CNI_NETNS when the pod namespace is missing or is the node's
@@ -29,7 +33,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netplane.cni import errors as codes
 from netplane.cni.errors import CniError
+from netplane.cni.rtnl import RT_SCOPE_LINK, Rtnl, RtnlError, in_netns
 
 __all__ = [
     "HOST_VETH_PREFIX",
@@ -65,10 +70,7 @@ _IFNAME_BAD = re.compile(r"[/:\s]")
 
 # Kernel constants (linux/if_addr.h, rtnetlink.h, neighbour.h, sched.h).
 IFA_F_NOPREFIXROUTE = 0x200
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
-NTF_USE = 0x01
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe noarp permanent
@@ -175,46 +177,18 @@ def _set_proc_sys(values: dict[str, str]) -> None:
 def _write_sysctls(netns: str | None, values: dict[str, str]) -> None:
     """Write /proc/sys files (keys relative to /proc/sys) as seen from ``netns``.
 
-    /proc/sys/net is resolved against the network namespace of the process that opens it, so a
-    namespace other than our own is entered by a forked child (setns in the child only; this
-    process and its threads never change namespace).
+    /proc/sys/net is resolved against the network namespace of the thread that opens it, so a
+    namespace other than our own is entered by a short-lived thread (rtnl.in_netns); this
+    thread and every other one stay where they are.
     """
     if netns is None:
         _set_proc_sys(values)
         return
-    from pyroute2.netns import setns  # imported before the fork; called only in the child
-
-    nsfd = os.open(_netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    rfd, wfd = os.pipe()
+    fd = os.open(_netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pid = os.fork()
-        if pid == 0:  # child: primitives only, then _exit
-            status = 0
-            try:
-                os.close(rfd)
-                setns(nsfd, flags=0)
-                _set_proc_sys(values)
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                status = 1
-                try:
-                    os.write(wfd, str(e).encode()[:4000])
-                except BaseException:  # noqa: BLE001
-                    pass
-            os._exit(status)
-        os.close(wfd)
-        wfd = -1
-        chunks = []
-        while chunk := os.read(rfd, 4096):
-            chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise OSError(f"setting {', '.join(f'{k}={v}' for k, v in values.items())} in {netns}: "
-                          + (b"".join(chunks).decode(errors="replace") or f"child exit status {status}"))
+        in_netns(fd, lambda: _set_proc_sys(values))
     finally:
-        os.close(nsfd)
-        os.close(rfd)
-        if wfd >= 0:
-            os.close(wfd)
+        os.close(fd)
 
 
 # -- small netlink helpers -----------------------------------------------------------------------
@@ -259,6 +233,8 @@ def _nl_reason(e: BaseException) -> str:
         return f"{os.strerror(e.code)} (errno {e.code})" if e.code else str(e)
     if isinstance(e, CniError):
         return e.msg + (f": {e.details}" if e.details else "")
+    if isinstance(e, OSError) and e.errno:
+        return f"{os.strerror(e.errno)} (errno {e.errno})"
     return f"{type(e).__name__}: {e}"
 
 
@@ -294,7 +270,9 @@ def _validate(ifname: str, ip: str, gateway: str, mtu: int) -> None:
 
 
 def _wait(what: str, probe: Callable[[], bool], deadline: float) -> None:
-    delay = 0.001
+    # The kernel usually finishes within the first probe or two (a veth's carrier and the ARP
+    # exchange run in softirq right behind our requests), so the first sleeps are short.
+    delay = 0.0002
     while not probe():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {READY_TIMEOUT:g}s")
@@ -302,31 +280,53 @@ def _wait(what: str, probe: Callable[[], bool], deadline: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _oper_up(ipr: IPRoute, index: int) -> bool:
-    link = ipr.link("get", index=index)[0]
-    return link.get_attr("IFLA_OPERSTATE") == "UP"
+def _oper_up(rtnl: Rtnl, name: str) -> bool:
+    link = rtnl.get_link(name)
+    return link is not None and link.oper_up
 
 
-def _resolve_gateway(pod: IPRoute, index: int, gateway: str, host_mac: str, deadline: float) -> None:
+def _resolve_gateway(pod: Rtnl, index: int, gateway: str, host_mac: str, deadline: float) -> None:
     """Make the pod ARP for its gateway (real packets over the veth) and wait for the answer.
 
     NTF_USE on RTM_NEWNEIGH is the kernel's "use this entry now": it starts resolution exactly
-    as a first packet would. Success means the node answered for gw with the host veth's MAC.
+    as a first packet would. Success means the node answered for gw with the host veth's MAC,
+    so packets cross the pair both ways and the node's side is configured.
     """
+    pod.neigh_use(index, gateway)
+
     def probe() -> bool:
-        for n in pod.neigh("dump", family=2, ifindex=index):
-            if n.get_attr("NDA_DST") != gateway:
+        for n in pod.neighbours(index):
+            if n.dst != gateway:
                 continue
-            state = n["state"]
-            if state & NUD_VALID and (n.get_attr("NDA_LLADDR") or "").lower() == host_mac:
+            if n.state & NUD_VALID and n.lladdr == host_mac:
                 return True
-            if state & NUD_INCOMPLETE:
+            if n.state & NUD_INCOMPLETE:
                 return False
             break  # FAILED/NONE (or a stale wrong MAC): ask again
-        pod.neigh("replace", dst=gateway, ifindex=index, family=2, flags=NTF_USE, state=0)
+        pod.neigh_use(index, gateway)
         return False
 
     _wait(f"the pod resolving its gateway {gateway} to {host_mac}", probe, deadline)
+
+
+@contextmanager
+def _rtnl(netns: str | None, what: str) -> Iterator[Rtnl]:
+    """A lean rtnetlink socket in ``netns`` (None: this thread's own); never creates one."""
+    if netns is None:
+        sock = Rtnl.open()
+    else:
+        try:
+            fd = os.open(_netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _NetnsGone(netns, what) from None
+        try:
+            sock = Rtnl.open(fd)
+        finally:
+            os.close(fd)
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -351,21 +351,19 @@ def wire_pod(netns_path: str, ifname: str, container_id: str, ip: str, gateway: 
                            "refusing to wire a pod into the node namespace")
         with ExitStack() as stack:
             with _step("opening the node namespace", where):
-                node = stack.enter_context(_iproute(node_netns, "node"))
+                node = stack.enter_context(_rtnl(node_netns, "node"))
             with _step(f"opening the pod namespace {netns_path}", where):
-                pod = stack.enter_context(_iproute(netns_path, "pod"))
-            if pod.link_lookup(ifname=ifname):
-                raise CniError(codes.WIRING_FAILURE,
-                               f"{where}: interface {ifname} already exists in {netns_path}", "")
-            if node.link_lookup(ifname=host):
-                raise CniError(codes.WIRING_FAILURE,
-                               f"{where}: host veth {host} already exists in the node namespace "
-                               "(the same container and ifname are already wired)", "")
+                pod = stack.enter_context(closing(Rtnl.open(pod_fd)))
             created = False
             try:
                 with _step(f"creating veth pair {host} <-> {ifname}", where):
-                    node.link("add", ifname=host, kind="veth", mtu=mtu,
-                              peer={"ifname": ifname, "net_ns_fd": pod_fd, "mtu": mtu})
+                    try:
+                        # The host end is created up, the peer directly in the pod namespace.
+                        node.add_veth(host, ifname, mtu, pod_fd)
+                    except RtnlError as e:
+                        if e.errno == errno.EEXIST:
+                            _explain_exists(node, pod, host, ifname, netns_path, where)
+                        raise
                     created = True
                 wired = _configure(node, pod, node_netns, netns_path, host, ifname, ip, gateway, mtu,
                                    where, start + READY_TIMEOUT)
@@ -379,62 +377,71 @@ def wire_pod(netns_path: str, ifname: str, container_id: str, ip: str, gateway: 
     return wired
 
 
-def _configure(node: IPRoute, pod: IPRoute, node_netns: str | None, netns_path: str, host: str,
+def _explain_exists(node: Rtnl, pod: Rtnl, host: str, ifname: str, netns_path: str, where: str) -> None:
+    """The veth create said EEXIST: say which of the two names is taken (nothing was created)."""
+    if pod.get_link(ifname) is not None:
+        raise CniError(codes.WIRING_FAILURE, f"{where}: interface {ifname} already exists in {netns_path}", "")
+    if node.get_link(host) is not None:
+        raise CniError(codes.WIRING_FAILURE,
+                       f"{where}: host veth {host} already exists in the node namespace "
+                       "(the same container and ifname are already wired)", "")
+
+
+def _configure(node: Rtnl, pod: Rtnl, node_netns: str | None, netns_path: str, host: str,
                ifname: str, ip: str, gateway: str, mtu: int, where: str, deadline: float) -> WiredPod:
     with _step(f"looking up {host} in the node namespace", where):
-        host_link = node.link("get", ifname=host)[0]
-        host_idx = host_link["index"]
-        host_mac = host_link.get_attr("IFLA_ADDRESS").lower()
+        host_link = node.get_link(host)
+        if host_link is None:
+            raise RtnlError(errno.ENODEV, f"{host} vanished")
     with _step(f"looking up {ifname} in {netns_path}", where):
-        pod_idx = pod.link_lookup(ifname=ifname)[0]
-        pod_mac = pod.link("get", index=pod_idx)[0].get_attr("IFLA_ADDRESS").lower()
+        pod_link = pod.get_link(ifname)
+        if pod_link is None:
+            raise RtnlError(errno.ENODEV, f"{ifname} vanished")
+    host_idx, pod_idx = host_link.index, pod_link.index
 
     # node side
     with _step(f"setting proxy_arp=0 forwarding=1 on {host}", where):
         _write_sysctls(node_netns, {f"net/ipv4/conf/{host}/proxy_arp": "0",
                                     f"net/ipv4/conf/{host}/forwarding": "1"})
     with _step(f"adding {gateway}/32 to {host}", where):
-        node.addr("add", index=host_idx, address=gateway, prefixlen=32, flags=IFA_F_NOPREFIXROUTE)
-    with _step(f"setting {host} up", where):
-        node.link("set", index=host_idx, state="up")
+        node.add_addr(host_idx, gateway, 32, IFA_F_NOPREFIXROUTE)
 
     # pod side
     with _step(f"adding {ip}/32 to {ifname}", where):
-        pod.addr("add", index=pod_idx, address=ip, prefixlen=32)
+        pod.add_addr(pod_idx, ip, 32)
     with _step(f"setting {ifname} up", where):
-        pod.link("set", index=pod_idx, state="up")
+        pod.set_up(ifname)
     with _step("setting lo up in the pod", where):
-        lo = pod.link_lookup(ifname="lo")
-        if lo:
-            pod.link("set", index=lo[0], state="up")
+        try:
+            pod.set_up("lo")
+        except RtnlError as e:
+            if e.errno != errno.ENODEV:
+                raise
     with _step(f"adding route {gateway}/32 dev {ifname} scope link", where):
-        pod.route("add", dst=f"{gateway}/32", oif=pod_idx, scope=RT_SCOPE_LINK)
+        pod.add_route(gateway, 32, pod_idx, scope=RT_SCOPE_LINK)
     with _step(f"adding route default via {gateway} dev {ifname}", where):
-        pod.route("add", dst="0.0.0.0/0", gateway=gateway, oif=pod_idx)
+        pod.add_route("0.0.0.0", 0, pod_idx, gateway=gateway)
 
     # node route last: traffic for the pod only comes once the pod side is ready
     with _step(f"adding route {ip}/32 dev {host} scope link proto {RTPROT_NETPLANE}", where):
         # replace: a route left for this IP by a pod that is gone must not block the new one
-        node.route("replace", dst=f"{ip}/32", oif=host_idx, scope=RT_SCOPE_LINK, proto=RTPROT_NETPLANE)
+        node.add_route(ip, 32, host_idx, replace=True, scope=RT_SCOPE_LINK, proto=RTPROT_NETPLANE)
 
     with _step("waiting for the veth pair to be up", where):
-        _wait(f"{host} oper-up", lambda: _oper_up(node, host_idx), deadline)
-        _wait(f"{ifname} oper-up", lambda: _oper_up(pod, pod_idx), deadline)
+        _wait(f"{host} oper-up", lambda: _oper_up(node, host), deadline)
+        _wait(f"{ifname} oper-up", lambda: _oper_up(pod, ifname), deadline)
     with _step(f"waiting for the pod to reach its gateway {gateway}", where):
-        _resolve_gateway(pod, pod_idx, gateway, host_mac, deadline)
-    return WiredPod(host_ifname=host, host_mac=host_mac, pod_mac=pod_mac, mtu=mtu)
+        _resolve_gateway(pod, pod_idx, gateway, host_link.mac, deadline)
+    return WiredPod(host_ifname=host, host_mac=host_link.mac, pod_mac=pod_link.mac, mtu=mtu)
 
 
-def _rollback(node: IPRoute, host: str, where: str) -> None:
+def _rollback(node: Rtnl, host: str, where: str) -> None:
     """Delete the host veth: its peer, the addresses and both sides' routes go with it."""
     try:
-        idx = node.link_lookup(ifname=host)
-        if idx:
-            node.link("del", index=idx[0])
-    except NetlinkError as e:
-        if e.code != errno.ENODEV:
-            log.error("%s: rollback: deleting %s: %s", where, host, _nl_reason(e))
-            return
+        node.del_link(host)
+    except OSError as e:
+        log.error("%s: rollback: deleting %s: %s", where, host, _nl_reason(e))
+        return
     log.info("%s: rolled back (deleted %s)", where, host)
 
 
@@ -448,16 +455,12 @@ def unwire_pod(netns_path: str | None, ifname: str, container_id: str, *,
     """
     host = host_veth_name(container_id, ifname)
     try:
-        with _iproute(node_netns, "node") as node:
-            idx = node.link_lookup(ifname=host)
-            if idx:
-                try:
-                    node.link("del", index=idx[0])
-                except NetlinkError as e:
-                    if e.code != errno.ENODEV:
-                        raise CniError(codes.WIRING_FAILURE,
-                                       f"unwiring {container_id}/{ifname}: deleting {host}: {_nl_reason(e)}",
-                                       "") from e
+        with _rtnl(node_netns, "node") as node:
+            try:
+                node.del_link(host)
+            except OSError as e:
+                raise CniError(codes.WIRING_FAILURE,
+                               f"unwiring {container_id}/{ifname}: deleting {host}: {_nl_reason(e)}", "") from e
     except _NetnsGone as e:
         log.warning("unwiring %s/%s: %s; nothing to remove", container_id, ifname, e)
 

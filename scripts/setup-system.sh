@@ -30,6 +30,8 @@ PACKAGES=(
     iputils-ping                # ping (pods and tests check reachability with ICMP)
     netcat-openbsd              # nc for quick TCP/UDP checks from pods
     ca-certificates
+    gcc                         # builds the C CNI shim (cni/shim/*.c)
+    libc6-dev                   # its headers and libc.a (the shim is linked statically)
 )
 
 log() { printf 'setup-system: %s\n' "$*"; }

@@ -359,3 +359,32 @@ def test_chained_tuning_plugin(node: str, netns_factory: Callable[..., str], run
     wiring.check_pod(path(pod), "eth0", "c-tuning", "10.244.1.2", GW, node_netns=node, mtu=MTU)
     tuning("DEL", {**conf, "prevResult": result})
     assert links(run_in, pod)["eth0"]["address"] == w.pod_mac  # tuning restored it on DEL
+
+
+# -- namespaces stay where they are ----------------------------------------------------------------
+
+
+def _thread_netns() -> dict[str, str]:
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out[tid] = os.readlink(f"/proc/self/task/{tid}/ns/net")
+        except OSError:
+            pass  # a thread that just ended
+    return out
+
+
+def test_wiring_never_moves_a_thread_of_this_process(node: str, netns_factory: Callable[..., str],
+                                                     run_in: RunIn, wired: list) -> None:
+    """Pod and node sockets come from short-lived threads that enter the namespace and end;
+    every thread that exists before and after stays in its namespace, and none is left over."""
+    before = _thread_netns()
+    pod = netns_factory("pod")
+    wire(wired, pod, "c-threads", "10.244.1.2", node)
+    wiring.unwire_pod(path(pod), "eth0", "c-threads", node_netns=node)
+    wired.clear()
+    deadline = time.monotonic() + 2
+    while _thread_netns().keys() - before.keys() and time.monotonic() < deadline:
+        time.sleep(0.01)  # a finished helper thread may need a moment to be reaped
+    assert _thread_netns() == before
+    assert_node_clean(run_in, node)

@@ -1,10 +1,15 @@
-"""The bash CNI shim (cni/shim/netplane) against a fake agent on a unix socket.
+"""The CNI shim against a fake agent on a unix socket, both implementations.
+
+`cni/shim/netplane` (bash, the reference) and `cni/shim/netplane.c` (compiled here from source,
+so the test always covers the current code) run through the same cases: every test that uses
+the `run` fixture runs once per implementation, and the `test_same_*` tests run both on the same
+input and compare their outputs byte for byte.
 
 No root: the shim only talks HTTP over a unix socket and writes spool files. The fake agent is
 a threading HTTP server in a short /tmp directory (sun_path is limited to 108 bytes) that
 answers scripted replies and records every request, so the tests see exactly what the shim sent.
-The shim runs with a PATH holding only bash, curl, jq and the coreutils it needs, which is what
-a kind node offers (no python3).
+The bash shim runs with a PATH holding only bash, curl, jq and the coreutils it needs, which is
+what a kind node offers (no python3); the C shim runs with an empty PATH (it needs nothing).
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from netplane.cni import protocol
 from netplane.cni.protocol import parse_shim_request, parse_spooled_del, shim_reply
 
 SHIM = Path(__file__).resolve().parents[2] / "cni" / "shim" / "netplane"
+SHIM_C_SOURCES = sorted(SHIM.parent.glob("*.c"))
 # Everything the shim may execute besides bash builtins.
 TOOLS = ("bash", "curl", "jq", "base64", "mkdir", "mktemp", "mv", "rm", "tr")
+# Keep in step with the Makefile's rule for cni/shim/netplane-c.
+SHIM_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11")
 CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
@@ -134,21 +142,58 @@ def nojq_bin(toolbin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def c_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C shim built from the current source, with the Makefile's command (static if possible)."""
+    out = tmp_path_factory.mktemp("cshim") / "netplane"
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build cni/shim/netplane.c (make setup installs it)")
+    cmd = ["gcc", *SHIM_CFLAGS, "-o", str(out), *map(str, SHIM_C_SOURCES)]
+    if subprocess.run([*cmd, "-static"], capture_output=True).returncode != 0:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    return out
+
+
 @pytest.fixture
-def run(toolbin: Path, tmp_path: Path):
-    """Run the shim with a clean env: only what the test passes (plus PATH, TMPDIR)."""
+def emptybin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bin-empty")
+
+
+@pytest.fixture(params=["bash", "c"])
+def impl(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def shim(impl: str, request: pytest.FixtureRequest) -> Path:
+    return SHIM if impl == "bash" else request.getfixturevalue("c_shim")
+
+
+@pytest.fixture
+def runner(toolbin: Path, emptybin: Path, tmp_path: Path):
+    """runner(shim) → run(env, stdin, …): the shim with a clean env: only what the test passes
+    (plus PATH, TMPDIR, NETPLANE_CNI_SPOOL). PATH: the kind-node tools for bash, nothing for C."""
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
 
-    def _run(env: dict[str, str], stdin: bytes = b"", timeout: float = 30,
-             path: Path | None = None) -> subprocess.CompletedProcess:
-        full = {"PATH": str(path or toolbin), "TMPDIR": str(tmpdir),
-                "NETPLANE_CNI_SPOOL": str(tmp_path / "spool"), **env}
-        proc = subprocess.run([str(SHIM)], input=stdin, env=full, capture_output=True, timeout=timeout)
-        assert list(tmpdir.iterdir()) == [], "the shim left files in TMPDIR"
-        return proc
+    def make(exe: Path):
+        def _run(env: dict[str, str], stdin: bytes = b"", timeout: float = 30,
+                 path: Path | None = None) -> subprocess.CompletedProcess:
+            default_path = toolbin if exe == SHIM else emptybin
+            full = {"PATH": str(path or default_path), "TMPDIR": str(tmpdir),
+                    "NETPLANE_CNI_SPOOL": str(tmp_path / "spool"), **env}
+            proc = subprocess.run([str(exe)], input=stdin, env=full, capture_output=True, timeout=timeout)
+            assert list(tmpdir.iterdir()) == [], "the shim left files in TMPDIR"
+            return proc
+        return _run
 
-    return _run
+    return make
+
+
+@pytest.fixture
+def run(runner, shim: Path):
+    return runner(shim)
 
 
 def conf(version: str = "1.1.0", **extra: Any) -> bytes:
@@ -180,11 +225,12 @@ def test_shim_is_an_executable_bash_script() -> None:
     assert subprocess.run(["bash", "-n", str(SHIM)]).returncode == 0
 
 
-def test_version_matches_protocol_and_needs_no_agent_nor_stdin(toolbin: Path, sockdir: Path) -> None:
+def test_version_matches_protocol_and_needs_no_agent_nor_stdin(shim: Path, toolbin: Path,
+                                                               sockdir: Path) -> None:
     env = {"PATH": str(toolbin), "CNI_COMMAND": "VERSION",
            "NETPLANE_AGENT_SOCKET": str(sockdir / "nothing-here.sock")}
     # stdin stays open and empty: a shim that read it would hang until the timeout.
-    proc = subprocess.Popen([str(SHIM)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(shim)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         assert proc.wait(timeout=10) == 0
@@ -202,6 +248,29 @@ def test_version_matches_protocol_and_needs_no_agent_nor_stdin(toolbin: Path, so
 def test_shim_version_list_is_the_protocol_list() -> None:
     m = re.search(r"^readonly SUPPORTED='(.*)'$", SHIM.read_text(), re.M)
     assert m and json.loads(m[1]) == list(protocol.SUPPORTED_VERSIONS)
+    c_source = "".join(p.read_text() for p in SHIM_C_SOURCES)
+    m = re.search(r'^#define SUPPORTED "(.*)"$', c_source, re.M)
+    assert m and json.loads(m[1].replace('\\"', '"')) == list(protocol.SUPPORTED_VERSIONS)
+
+
+def test_c_shim_needs_only_libc(c_shim: Path) -> None:
+    """Static when the toolchain allows; otherwise linked against libc alone (kind nodes have glibc)."""
+    out = subprocess.run(["ldd", str(c_shim)], capture_output=True, text=True).stdout
+    libs = {line.split()[0] for line in out.splitlines() if "=>" in line}
+    assert libs <= {"libc.so.6"}, out
+
+
+def test_shim_path_prefers_the_compiled_shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import netplane.cni
+
+    assert netplane.cni.shim_path(str(tmp_path)) == str(tmp_path / "shim" / "netplane")
+    compiled = tmp_path / "shim" / "netplane-c"
+    compiled.parent.mkdir()
+    compiled.write_bytes(b"\x7fELF")
+    assert netplane.cni.shim_path(str(tmp_path)) == str(tmp_path / "shim" / "netplane")  # not executable
+    compiled.chmod(0o755)
+    assert netplane.cni.shim_path(str(tmp_path)) == str(compiled)
+    assert netplane.cni.shim_path() in (str(SHIM), str(SHIM.parent / "netplane-c"))
 
 
 def test_no_command_prints_about_on_stderr_only(run) -> None:
@@ -503,3 +572,148 @@ def test_the_shim_does_not_eval_config_content(run, agent: FakeAgent, tmp_path: 
     assert proc.returncode == 0
     assert not marker.exists()
     assert parse_shim_request(agent.requests[0].body)[0]["CNI_ARGS"] == evil
+
+
+# --------------------------------------------------------------------------- both shims, same bytes
+
+
+SAME_CASES = [
+    # (name, env overrides, stdin, agent reply or None for "no agent")
+    ("add-down-0.4.0", {"CNI_COMMAND": "ADD"}, conf("0.4.0"), None),
+    ("status-down", {"CNI_COMMAND": "STATUS"}, conf(), None),
+    ("check-down-garbage-stdin", {"CNI_COMMAND": "CHECK"}, b"{}{}", None),
+    ("gc-down-bad-version", {"CNI_COMMAND": "GC"}, b'{"cniVersion": "1.x.0"}', None),
+    ("del-down-bad-cid", {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "ü\t\"x\\"}, conf("1.0.0"), None),
+    ("del-down-bad-ifname", {"CNI_COMMAND": "DEL", "CNI_IFNAME": "a b"}, conf(), None),
+    ("version-escaped-in-config", {"CNI_COMMAND": "ADD"}, b'{"cniVers\\u0069on": "0.3.1"}', None),
+    ("reply-tricky", {"CNI_COMMAND": "ADD"}, conf(),
+     (200, json.dumps({"exitCode": 7, "stdout": "ü \\ \" \t\n\x01 end\n\n"}).encode())),
+    ("reply-ascii-escapes", {"CNI_COMMAND": "ADD"}, conf(),
+     (200, json.dumps({"exitCode": 0, "stdout": "ünï ✓ \U0001F600"}, ensure_ascii=True).encode())),
+    ("reply-http-500", {"CNI_COMMAND": "ADD"}, conf("1.0.0"), (500, b"{}")),
+    ("reply-malformed", {"CNI_COMMAND": "STATUS"}, conf(), (200, b'{"exitCode": 1.5, "stdout": ""}')),
+    ("reply-null-stdout", {"CNI_COMMAND": "CHECK"}, conf(), (200, b'{"exitCode": 0, "stdout": null}')),
+]
+
+
+@pytest.mark.parametrize("name,env,stdin,reply", SAME_CASES, ids=[c[0] for c in SAME_CASES])
+def test_same_output_from_both_shims(runner, c_shim: Path, sockdir: Path, name: str, env: dict[str, str],
+                                     stdin: bytes, reply: tuple[int, bytes] | None) -> None:
+    outputs, bodies = [], []
+    for exe in (SHIM, c_shim):
+        if reply is None:
+            sock = str(sockdir / "missing.sock")
+            proc = runner(exe)({**cni_env("ADD", sock), **env}, stdin)
+        else:
+            fake = FakeAgent(str(sockdir / f"agent-{exe.parent.name}.sock"))
+            fake.raw(*reply)
+            server = _Server(fake.sock, _handler(fake))
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            thread.start()
+            try:
+                proc = runner(exe)({**cni_env("ADD", fake.sock), **env}, stdin)
+            finally:
+                server.shutdown()
+                server.server_close()
+            bodies.append(parse_shim_request(fake.requests[0].body))
+            proc.stdout = proc.stdout.replace(fake.sock.encode(), b"<sock>")
+        outputs.append((proc.returncode, proc.stdout, proc.stderr))
+    assert outputs[0] == outputs[1]
+    if bodies:
+        assert bodies[0] == bodies[1]
+
+
+# --------------------------------------------------------------------------- HTTP edge cases
+
+
+def _raw_server(sock: str, answer: bytes, backlog: int = 5):
+    """A unix server that reads one request (headers + Content-Length body) and writes `answer`
+    verbatim, then closes: for replies http.server would not produce."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock)
+    srv.listen(backlog)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"d\r\n{\"exitCode\": \r\n12\r\n3, \"stdout\": \"ok\"}\r\n0\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"exitCode\": 3, \"stdout\": \"ok\"}",
+], ids=["chunked", "until-eof"])
+def test_replies_without_content_length(run, sockdir: Path, answer: bytes) -> None:
+    sock = str(sockdir / "raw.sock")
+    srv = _raw_server(sock, answer)
+    try:
+        proc = run(cni_env("ADD", sock), conf())
+    finally:
+        srv.close()
+    assert (proc.returncode, proc.stdout) == (3, b"ok")
+
+
+def test_c_shim_bounds_the_reply_size(runner, c_shim: Path, agent: FakeAgent) -> None:
+    agent.raw(200, json.dumps({"exitCode": 0, "stdout": "x" * (17 << 20)}).encode())
+    out = error_of(runner(c_shim)(cni_env("ADD", agent.sock), conf()))
+    assert out["code"] == 11 and "malformed reply" in out["msg"] and "bytes" in out["msg"]
+
+
+def test_c_shim_bounds_stdin(runner, c_shim: Path, agent: FakeAgent) -> None:
+    out = error_of(runner(c_shim)(cni_env("ADD", agent.sock), b" " * ((64 << 20) + 1)))
+    assert out["code"] == 5 and "64 MiB" in out["msg"]
+    assert agent.requests == []
+
+
+def test_c_shim_waits_when_the_agent_backlog_is_full(runner, c_shim: Path, sockdir: Path) -> None:
+    """A unix socket with a full accept queue makes curl's non-blocking connect fail at once
+    (EAGAIN, the shim's code 11); the C shim's connect waits for a slot (up to 5 s)."""
+    sock = str(sockdir / "slow.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock)
+    srv.listen(0)
+    procs = [subprocess.Popen([str(c_shim)], env={**cni_env("ADD", sock), "PATH": "/nonexistent"},
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(6)]
+    for p in procs:
+        p.stdin.write(conf())  # type: ignore[union-attr]
+        p.stdin.close()  # type: ignore[union-attr]
+    answer = b'HTTP/1.1 200 OK\r\nContent-Length: 31\r\n\r\n{"exitCode": 0, "stdout": "ok"}'
+    try:
+        time.sleep(0.3)  # every shim is now connecting or queued
+        for _ in procs:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(answer)
+        results = [(p.wait(10), p.stdout.read()) for p in procs]  # type: ignore[union-attr]
+    finally:
+        srv.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()  # type: ignore[union-attr]
+            p.stderr.close()  # type: ignore[union-attr]
+    assert results == [(0, b"ok")] * len(procs)
