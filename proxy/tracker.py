@@ -12,6 +12,7 @@ naming the object, so nothing an API object contains can inject rule text.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -363,11 +364,17 @@ class EndpointSliceChangeTracker(_ChangeTracker[SliceOrNone]):
             return self.pending() > 0
         key = s.key
         report = self._logs.reporter(key)
-        prev = previous if previous is not None and slice_usable(previous, report) else None
-        cur = current if current is not None and slice_usable(current, report) else None
+        prev = _routing_view(previous) if previous is not None and slice_usable(previous, report) else None
+        cur = _routing_view(current) if current is not None and slice_usable(current, report) else None
         if current is None:
             self._logs.forget(key)
         return self._record(key, prev, cur)
+
+
+def _routing_view(s: EndpointSlice) -> EndpointSlice:
+    """The slice without its labels (already used by slice_usable): a label-only update, e.g.
+    the EndpointSlice controller copying a Service label, is not a change, as in kube-proxy."""
+    return dataclasses.replace(s, labels=()) if s.labels else s
 
 
 # ------------------------------------------------------------------------------------ builder

@@ -374,3 +374,20 @@ def test_unusable_slices_and_entries_are_ignored(caplog: pytest.LogCaptureFixtur
     assert dict(state.endpoints) == {HTTP: (EndpointInfo("10.0.0.1", 8080),)}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert all("default/web-1" in m for m in warnings) and len(warnings) == 5, warnings
+
+
+def test_label_only_slice_update_is_not_a_change():
+    from netplane.k8s.objects import EndpointSlice
+    from netplane.proxy.tracker import EndpointSliceChangeTracker
+
+    raw = {"metadata": {"namespace": "default", "name": "s",
+                        "labels": {"kubernetes.io/service-name": "w"}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.244.0.2"], "conditions": {"ready": True}}],
+           "ports": [{"name": "a", "port": 8080, "protocol": "TCP"}]}
+    relabelled = {**raw, "metadata": {**raw["metadata"],
+                                      "labels": {"kubernetes.io/service-name": "w", "x": "y"}}}
+    tracker = EndpointSliceChangeTracker()
+    assert not tracker.update(EndpointSlice.from_dict(raw), EndpointSlice.from_dict(relabelled))
+    moved = {**raw, "endpoints": [{"addresses": ["10.244.0.3"], "conditions": {"ready": True}}]}
+    assert tracker.update(EndpointSlice.from_dict(raw), EndpointSlice.from_dict(moved))
