@@ -110,10 +110,9 @@ def _unsupported(topology) -> list[str]:
     """Topology settings the file format already has but this sandbox cannot provide yet: refuse
     them by name rather than silently running something else."""
     out = []
-    if topology.proxy != "none":
-        out.append(f"proxy: {topology.proxy!r} is not available yet (only 'none')")
-    if topology.dns:
-        out.append("dns: true is not available yet (cluster DNS is not implemented)")
+    if topology.proxy == "ebpf":
+        out.append("proxy: 'ebpf' is not available yet (the eBPF backend is not implemented; "
+                   "use 'iptables' or 'none')")
     return out
 
 

@@ -53,6 +53,7 @@ class Cluster:
         # Teardown steps in the order they were set up; down() runs them in reverse.
         self._teardown: list[Callable[[], None]] = []
         self._node_informer: Informer | None = None
+        self.proxies: list[SupervisedAgent] = []  # `proxy: iptables`: one per node
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -91,7 +92,10 @@ class Cluster:
         else:
             self._write_cni_configs(pod_cidrs)
             self._start_node_routes()
+        proxies = self._start_proxies()
         self._start_kubelets()
+        self._wait_proxies_healthy(proxies)
+        self._start_cluster_dns()
         self._apply_manifests()
         self._wait_manifest_pods_ready(timeout=max(1.0, self.deadline - time.monotonic()))
         self._publish("ready")
@@ -206,7 +210,7 @@ class Cluster:
         agent` running inside the node namespace (in the node cgroup), as the DaemonSet does on kind."""
         import netplane.cni
 
-        shim = os.path.join(os.path.dirname(netplane.cni.__file__), "shim", "netplane")
+        shim = netplane.cni.shim_path()  # the compiled shim when built, else the bash one
         agents = []
         self._teardown.append(lambda: _in_parallel([a.stop for a in agents]))
         for node in self.topology.node_names:
@@ -260,6 +264,35 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise NetplaneError(f"netplane agent on {node} not ready after {timeout:.0f}s")
             self._pause(0.2)
+
+    def _start_proxies(self) -> list[SupervisedAgent]:
+        """`proxy: iptables`: a supervised `netplane proxy` per node (node_proxy.py)."""
+        if self.topology.proxy == "none":
+            return []
+        from netplane.sandbox.node_proxy import start_node_proxies
+
+        self.proxies = start_node_proxies(self.names, backend=self.topology.proxy, node_ips=dict(self.plan.nodes),
+                                          cluster_cidr=self.topology.cluster_cidr,
+                                          on_stop=self._teardown.append)
+        return self.proxies
+
+    def _wait_proxies_healthy(self, proxies: list[SupervisedAgent]) -> None:
+        if not proxies:
+            return
+        from netplane.sandbox.node_proxy import wait_proxies_healthy
+
+        wait_proxies_healthy(self.names, proxies, dict(self.plan.nodes),
+                             timeout=max(1.0, min(30.0, self.deadline - time.monotonic())), pause=self._pause)
+
+    def _start_cluster_dns(self) -> None:
+        """`dns: true`: kube-dns Service + DNS pods (+ the upstream test host), Ready before the
+        topology's own pods start resolving (cluster_dns.py)."""
+        if not self.topology.dns:
+            return
+        from netplane.sandbox.cluster_dns import ClusterDns
+
+        dns = ClusterDns(self.topology, self.names, self.client, on_stop=self._teardown.append, pause=self._pause)
+        self._publish("creating", dns=dns.start(timeout=max(1.0, self.deadline - time.monotonic())))
 
     def _start_node_routes(self) -> None:
         """kindnet's job: each node routes the other nodes' pod CIDRs via their underlay IPs."""
@@ -409,15 +442,22 @@ def _in_parallel(steps: list[Callable[[], None]]) -> None:
 
 
 class SupervisedAgent:
-    """A node's `netplane agent`, restarted with backoff when it exits, as the kubelet restarts
-    the DaemonSet's pod on kind. The datapath survives the gap; the shim spools DELs meanwhile."""
+    """A node's `netplane agent` (or `netplane proxy`), restarted with backoff when it exits, as
+    the kubelet restarts a DaemonSet's pod on kind. The datapath survives the gap; the shim
+    spools DELs meanwhile, and the proxy's rules stay in place.
 
-    def __init__(self, node: str, cmd: list[str], *, log_path: str, cgroup: str):
+    `cmd` may be a function: it is called before every (re)start, so a restart picks up a changed
+    configuration (the proxy's per-node extra flags, see node_proxy.py). With `pid_file`, the
+    current pid is written there, for tests and operators that need to signal this process."""
+
+    def __init__(self, node: str, cmd: list[str] | Callable[[], list[str]], *, log_path: str, cgroup: str,
+                 what: str = "netplane agent", pid_file: str | None = None):
         self.node, self.cmd, self.log_path, self.cgroup = node, cmd, log_path, cgroup
+        self.what, self.pid_file = what, pid_file
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name=f"agent-{node}", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name=f"{what.split()[-1]}-{node}", daemon=True)
 
     def start(self) -> None:
         self._spawn()
@@ -425,14 +465,20 @@ class SupervisedAgent:
 
     def _spawn(self) -> None:
         self._started_at = time.monotonic()
+        cmd = self.cmd() if callable(self.cmd) else self.cmd
         with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                          start_new_session=True)
         try:
             with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
                 f.write(str(self.proc.pid))
         except OSError as e:
-            log.warning("agent on %s: cannot join cgroup %s: %s", self.node, self.cgroup, e)
+            log.warning("%s on %s: cannot join cgroup %s: %s", self.what, self.node, self.cgroup, e)
+        if self.pid_file:
+            tmp = self.pid_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{self.proc.pid}\n")
+            os.replace(tmp, self.pid_file)
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -445,7 +491,7 @@ class SupervisedAgent:
                 continue
             if time.monotonic() - self._started_at > 60:
                 backoff = 1.0  # it ran fine for a while: this is a new failure, not a crash loop
-            log.warning("netplane agent on %s exited (%s); restarting in %.0fs", self.node, code, backoff)
+            log.warning("%s on %s exited (%s); restarting in %.0fs", self.what, self.node, code, backoff)
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, 30.0)

@@ -206,7 +206,7 @@ manifests:
     assert leftovers(ClusterNames(name)) == []
 
 
-@pytest.mark.parametrize("setting", ["proxy: iptables", "dns: true"])
+@pytest.mark.parametrize("setting", ["proxy: ebpf"])
 def test_settings_not_available_yet_are_refused(tmp_path, setting):
     topo = tmp_path / "future.yaml"
     topo.write_text(f"name: fut\nnodes: 1\n{setting}\n")
