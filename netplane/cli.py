@@ -117,6 +117,62 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default: %(default)s)")
 
 
+def _add_dns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+    p.add_argument("--config", metavar="FILE",
+                   help="Corefile-subset configuration, reloaded on change (format: docs/dns.md; "
+                   "default: kubeadm's Corefile forwarding to --resolv-conf)")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="FILE",
+                   help="upstreams of the default configuration (default: %(default)s)")
+    p.add_argument("--listen", metavar="ADDR:PORT",
+                   help="DNS address, UDP and TCP (default: the configuration's port on 0.0.0.0, i.e. :53)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes answering on the same port with SO_REUSEPORT, each a full resolver "
+                   "(default: %(default)s)")
+    p.add_argument("--health-addr", metavar="ADDR:PORT", help="/health (default: the config's, else :8080)")
+    p.add_argument("--ready-addr", metavar="ADDR:PORT", help="/ready (default: the config's, else :8181)")
+    p.add_argument("--metrics-addr", metavar="ADDR:PORT",
+                   help="Prometheus /metrics (default: the config's, else :9153)")
+    p.add_argument("--lameduck", type=float, metavar="SECONDS",
+                   help="keep answering this long after SIGTERM while /ready says 503 "
+                   "(default: the config's health lameduck)")
+
+
+def _add_proxy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("iptables", "ebpf"), default="iptables",
+                   help="dataplane backend (default: %(default)s; ebpf is not implemented yet)")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's Node object name (required unless --cleanup)")
+    p.add_argument("--cluster-cidr", default="", metavar="CIDR",
+                   help="pod network: traffic to ClusterIPs from outside it is masqueraded "
+                   "(default: none, no local-traffic detection)")
+    p.add_argument("--masquerade-all", action="store_true",
+                   help="masquerade all traffic sent to ClusterIPs")
+    p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
+                   help="serve NodePorts only on node IPs in these ranges (default: every local address)")
+    p.add_argument("--min-sync-period", default="1s", metavar="DURATION",
+                   help="minimum time between rule syncs, e.g. 1s, 500ms (default: %(default)s)")
+    p.add_argument("--sync-period", default="30s", metavar="DURATION",
+                   help="a sync happens at least this often; /healthz fails after 2x this "
+                   "with changes pending (default: %(default)s)")
+    p.add_argument("--metrics-addr", default="127.0.0.1:10249", metavar="ADDR:PORT",
+                   help="Prometheus /metrics (default: %(default)s)")
+    p.add_argument("--healthz-addr", default="0.0.0.0:10256", metavar="ADDR:PORT",
+                   help="/healthz and /livez (default: %(default)s)")
+    p.add_argument("--healthcheck-bind-address", default="0.0.0.0", metavar="ADDR",
+                   help="address of the healthCheckNodePort servers of externalTrafficPolicy=Local "
+                   "services (default: %(default)s)")
+    p.add_argument("--iptables-mode", choices=("auto", "legacy", "nft"), default="auto",
+                   help="iptables backend binaries; auto picks the mode already holding "
+                   "Kubernetes/netplane rules, else the iptables alternative's (default: %(default)s)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove every iptables chain and jump netplane's proxy owns (with auto: in "
+                   "both modes), print what was removed and exit")
+
+
 _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
     "apiserver": (
         "netplane.apiserver.main",
@@ -125,6 +181,10 @@ _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
     ),
     "agent": ("netplane.cni.agent",
               "run the node agent: CNI server for the shim, IPAM, VXLAN overlay, metrics", _add_agent),
+    "dns": ("netplane.dns.main",
+            "run the cluster DNS: Kubernetes DNS spec zone, cache, forwarding, health and metrics", _add_dns),
+    "proxy": ("netplane.proxy.main",
+              "run the kube-proxy replacement: Services and EndpointSlices to iptables rules", _add_proxy),
     "up": ("netplane.sandbox.commands:run_up",
            "create a sandbox cluster (network namespaces + processes) and wait until it is ready", _add_up),
     "down": ("netplane.sandbox.commands:run_down",
@@ -162,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose >= 2:
         level = logging.DEBUG
     # Servers announce readiness through logging, so INFO is the floor for long-running commands.
-    if args.command in {"apiserver", "up", "agent"}:
+    if args.command in {"apiserver", "up", "agent", "dns", "proxy"}:
         level = min(level, logging.INFO)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
