@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         super().__init__(addr, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves its own address with socket.getfqdn(): a DNS query,
+        # which in a pod whose resolver is this very server (not serving yet) stalls for 5 s.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class HttpEndpoints:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import dnslib
 
-from netplane.dns.chain import Handler, Request, make_reply
+from netplane.dns.chain import Handler, Request, make_reply, query_edns
 from netplane.dns.metrics import DnsMetrics
 from netplane.dns.wire import (
     ACCEPT, FORMERR, HITS, IGNORE, NOTIMP, RECV_SIZE, RESPONSE, TCP_MAX_SIZE, EntryMeta, WireCache,
@@ -120,8 +120,11 @@ def _qtype_label(qtype: int) -> str:
     return dnslib.QTYPE.forward.get(qtype, "other")
 
 
+BADVERS = 16  # an extended rcode: 0 in the header, 1 in the OPT record's upper bits
+
+
 def _rcode_label(rcode: int) -> str:
-    return dnslib.RCODE.forward.get(rcode, str(rcode))
+    return "BADVERS" if rcode == BADVERS else dnslib.RCODE.forward.get(rcode, str(rcode))
 
 
 class DnsServer:
@@ -323,6 +326,10 @@ class DnsServer:
             else:
                 # dnslib accepts names over 255 bytes (RFC 1035 §2.3.4) but cannot pack them back.
                 if len(record.questions) == 1 and _name_length(record.q.qname) <= 255:
+                    opt = query_edns(record)
+                    if opt is not None and (opt.ttl >> 16) & 0xFF != 0:
+                        # RFC 6891 §6.1.3: we speak EDNS version 0 only; say so, as CoreDNS does.
+                        return self._reply_error(record, data, addr, proto, BADVERS, t0, send=False)
                     return record
                 verdict = FORMERR
         if verdict == IGNORE:
@@ -343,7 +350,7 @@ class DnsServer:
     def _reply_error(self, record: dnslib.DNSRecord, data: bytes, addr: tuple, proto: str, rcode: int,
                      t0: float, *, send: bool) -> bytes:
         try:
-            reply = make_reply(Request(record, proto, addr, TCP_MAX_SIZE, data), rcode).pack()
+            reply = bytes(make_reply(Request(record, proto, addr, TCP_MAX_SIZE, data), rcode).pack())
         except Exception:  # a question dnslib cannot pack back: the header says enough
             reply = header_reply(data, rcode)
         if send:

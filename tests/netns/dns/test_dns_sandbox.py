@@ -162,8 +162,6 @@ def test_edns0_is_echoed_and_absent_without_it(cluster):
     assert plain.values("A") == [cluster.cluster_ip("web")]
 
 
-@pytest.mark.xfail(strict=True, reason="netplane dns answers an EDNS version 1 query normally; "
-                   "RFC 6891 6.1.3 (and CoreDNS) answer BADVERS")
 def test_unknown_edns_version_gets_badvers(cluster):
     r = cluster.dig("+edns=1", "+noednsnegotiation", fqdn("web"))
     assert r.status == "BADVERS", r.text

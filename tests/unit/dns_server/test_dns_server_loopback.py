@@ -271,3 +271,17 @@ def test_name_over_255_bytes_gets_formerr(parts):
     r = dnslib.DNSRecord.parse(exchange(server, data))
     assert r.header.id == 77 and r.header.rcode == dnslib.RCODE.FORMERR
     assert metrics.panics.value() == 0 and cluster.calls == 0
+
+
+def test_unknown_edns_version_gets_badvers(parts):
+    server, _zone, _metrics, cluster, _upstream = parts
+    query = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
+    query.add_ar(dnslib.EDNS0(version=1, udp_len=1232))
+    reply = dnslib.DNSRecord.parse(exchange(server, query.pack()))
+    opt = [rr for rr in reply.ar if rr.rtype == dnslib.QTYPE.OPT]
+    # BADVERS = 16: header rcode 0, extended rcode 1 in the OPT TTL's top byte, version 0.
+    assert reply.header.rcode == 0 and len(opt) == 1 and opt[0].ttl >> 24 == 1
+    assert (opt[0].ttl >> 16) & 0xFF == 0 and not reply.rr and cluster.calls == 0
+    ok = dnslib.DNSRecord.question("web.default.svc.cluster.local", "A")
+    ok.add_ar(dnslib.EDNS0(udp_len=1232))
+    assert dnslib.DNSRecord.parse(exchange(server, ok.pack())).a.rdata is not None
