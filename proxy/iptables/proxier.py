@@ -45,6 +45,7 @@ class IptablesProxier(BaseProvider):
         self._compiler = self._new_compiler(node)
         self._applied: Ruleset | None = None  # what the kernel holds, as far as we know
         self.last_plan: Plan | None = None  # the plan of the last sync (tests, debugging)
+        self._rule_totals: dict[str, int] = {}
         # Observable proof of "a sync without changes writes nothing", also from outside.
         self._restores = Counter(self.metrics.registry, "netplane_proxy_iptables_restores_total",
                                  "iptables-restore runs (a sync without changes runs none)")
@@ -82,8 +83,8 @@ class IptablesProxier(BaseProvider):
                 self._restores.inc()
         elif full:
             self.port.ensure_jumps(HOOK_JUMPS)
-        self._applied = desired
-        self._record_rule_counts(desired, plan)
+        applied_before, self._applied = self._applied, desired
+        self._record_rule_counts(applied_before, desired, plan)
         log.debug("iptables sync (%s): %d chains written, %d deleted", "full" if full else "partial",
                   sum(len(c) for c in plan.write.values()),
                   sum(len(c) for c in plan.delete.values()))
@@ -119,11 +120,21 @@ class IptablesProxier(BaseProvider):
                 delete[table] = delete.get(table, frozenset()) | stale
         return Plan(full=plan.full, write=plan.write, delete=MappingProxyType(delete))
 
-    def _record_rule_counts(self, desired: Ruleset, plan: Plan) -> None:
+    def _record_rule_counts(self, previous: Ruleset | None, desired: Ruleset, plan: Plan) -> None:
+        # Counting every rule costs ~0.1 s at 10,000 services, more than a whole partial sync
+        # should: after a partial plan, adjust the last total by the chains it touched.
         for table in TABLES:
-            total = sum(len(rules) for rules in desired.chains(table).values())
-            written = sum(len(rules) for rules in plan.write.get(table, {}).values())
-            self.metrics.iptables_rules(table, total=total, written=written)
+            written = plan.write.get(table, {})
+            added = sum(len(rules) for rules in written.values())
+            last = self._rule_totals.get(table)
+            if plan.full or previous is None or last is None:
+                total = sum(len(rules) for rules in desired.chains(table).values())
+            else:
+                before = previous.chains(table)
+                touched = set(written) | set(plan.delete.get(table, ()))
+                total = last - sum(len(before[c]) for c in touched if c in before) + added
+            self._rule_totals[table] = total
+            self.metrics.iptables_rules(table, total=total, written=added)
 
     def _clean_conntrack(self, previous: ProxyState | None, state: ProxyState) -> None:
         if self.conntrack is None:
