@@ -370,13 +370,19 @@ class ExecIptables:
             log.info("inserted jump %s %s: %s", table, chain, rule)
 
     def cleanup(self) -> list[str]:
-        removed: list[str] = []
-        for table in TABLES:
-            text, what = cleanup_restore(table, self.save(table))
-            if text:
-                self.restore(text)
-                removed += what
-        return removed
+        return cleanup_owned(self)
+
+
+def cleanup_owned(port: IptablesPort) -> list[str]:
+    """Remove every NP- chain and hook jump through `port`'s own save/restore, table by table
+    (the real port and the fake share this: the fake stands in for the kernel, not the logic)."""
+    removed: list[str] = []
+    for table in TABLES:
+        text, what = cleanup_restore(table, port.save(table))
+        if text:
+            port.restore(text)
+            removed += what
+    return removed
 
 
 # -- the fake ------------------------------------------------------------------------------------
@@ -523,13 +529,7 @@ class FakeIptables:
                 rules.insert(0, rule)
 
     def cleanup(self) -> list[str]:
-        removed: list[str] = []
-        for table in TABLES:
-            text, what = cleanup_restore(table, self.save(table))
-            if text:
-                self.restore(text)
-                removed += what
-        return removed
+        return cleanup_owned(self)
 
     def owned_state(self) -> Mapping[str, Mapping[str, Any]]:
         """Owned chains per table (for assertions)."""
