@@ -155,8 +155,14 @@ else:
 
 
 def start_server() -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", SERVER, sys.executable, "-c", SERVER_CODE],
+    proc = subprocess.Popen(["ip", "netns", "exec", SERVER, sys.executable, "-c", SERVER_CODE],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while nsx(SERVER, "ss", "-Hltn", f"sport = :{OPEN_PORT}").stdout.strip() == "":
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start listening")
+        time.sleep(0.05)
+    return proc
 
 
 def connect_latency(target: str, n: int) -> dict:
