@@ -30,12 +30,8 @@ class TestUpstream:
                  port: int = 0) -> None:
         self.mode, self.ips, self.ttl = mode, ips, ttl
         self.queries = {"udp": 0, "tcp": 0}
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", port))
+        self.udp, self.tcp = self._bind_pair(port)
         self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
         self.tcp.listen(16)
         self.udp.settimeout(0.1)
         self.tcp.settimeout(0.1)
@@ -44,6 +40,25 @@ class TestUpstream:
                          threading.Thread(target=self._serve_tcp, daemon=True)]
         for t in self._threads:
             t.start()
+
+    @staticmethod
+    def _bind_pair(port: int) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP on the same port. With port 0 the kernel picks a free UDP port, which
+        another process may hold for TCP (seen in CI): then try another one."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", port))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+                return udp, tcp
+            except OSError:
+                udp.close()
+                tcp.close()
+                if port:
+                    raise
+        raise OSError("no port free for both UDP and TCP on 127.0.0.1")
 
     @property
     def upstream(self) -> Upstream:
