@@ -59,6 +59,15 @@ step "ping from the client pod to web-2"
 step "the client pod's /etc/resolv.conf (ClusterFirst)"
 "$NETPLANE" exec --name "$NAME" client -- cat /etc/resolv.conf
 
+step "client -> the web Service by name: resolv.conf search path -> netplane dns -> ClusterIP -> netplane proxy"
+"$NETPLANE" exec --name "$NAME" client -- dig +search +short web
+for i in 1 2 3 4; do
+    "$NETPLANE" exec --name "$NAME" client -- curl -sS -o /dev/null -w "http://web/ -> HTTP %{http_code} from %{remote_ip}:%{remote_port} in %{time_total}s\n" http://web/
+done
+
+step "node1's Service rules (netplane proxy: a prefix tree instead of one rule per Service)"
+"$NETPLANE" exec --name "$NAME" --node node1 -- iptables -t nat -S | grep -E -- '-A (NP-SERVICES|NP-D-|NP-SVC-)' | head -8
+
 step "a pod created with kubectl apply is realised by the sandbox"
 k apply -f - <<YAML
 apiVersion: v1

@@ -54,6 +54,10 @@ def test_default_cluster_end_to_end(sandbox_factory, root_netns_snapshot):
     hosts = sb.exec("web-1", "cat", "/etc/hosts").stdout
     assert f"{pods['web-1']['status']['podIP']}\tweb-1" in hosts or f"{pods['web-1']['status']['podIP']} web-1" in hosts
 
+    # The default cluster runs netplane's proxy and DNS: the client reaches the Service by name
+    # (search path → kube-dns → ClusterIP → a web pod).
+    assert http_code(sb, "client", "http://web/") == "200"
+
     # The Service's EndpointSlice lists both web pods as ready.
     slices = json.loads(sb.kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=web",
                                    "-o", "json").stdout)["items"]

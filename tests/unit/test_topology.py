@@ -44,7 +44,7 @@ def test_default_topology_loads() -> None:
     assert topo.name == "np"
     assert topo.nodes == (NodeSpec("node1", "zone-a"), NodeSpec("node2", "zone-b"))
     assert [h.name for h in topo.hosts] == ["client"]
-    assert (topo.cni, topo.proxy, topo.dns) == ("netplane", "none", False)
+    assert (topo.cni, topo.proxy, topo.dns) == ("netplane", "iptables", True)
     objs = {(m["kind"], m["metadata"]["name"]): m for m in topo.manifests}
     assert set(objs) == {("Pod", "web-1"), ("Pod", "web-2"), ("Pod", "client"),
                          ("Service", "web")}
