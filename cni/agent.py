@@ -18,7 +18,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from netplane.cni.errors import CniError
@@ -29,6 +29,7 @@ from netplane.cni.protocol import CniRequest, parse_spooled_del, shim_reply
 from netplane.cni import wiring
 from netplane import signals
 from netplane.errors import ConfigError, NetplaneError
+from netplane.httpserve import LocalHTTPServer, send
 from netplane.k8s import Client, Informer, Node, load_config
 from netplane.metrics import CONTENT_TYPE, Gauge, Registry
 
@@ -63,17 +64,6 @@ class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     request_queue_size = 256
 
 
-class _HealthServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves its address with getfqdn(): a reverse DNS lookup that
-        # blocks start-up for 10 s on a node whose resolver is unreachable (the sandbox's nodes).
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
 def _make_cni_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
     class CniRequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -100,12 +90,7 @@ def _make_cni_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
             self._reply(200, shim_reply(code, out))
 
         def _reply(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send(self, status, json.dumps(body).encode(), "application/json")
 
     return CniRequestHandler
 
@@ -128,11 +113,7 @@ def _make_health_handler_class(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b"not found\n", "text/plain")
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send(self, code, body, ctype)
 
     return HealthHandler
 
@@ -206,7 +187,7 @@ class Agent:
         finally:
             os.umask(old_umask)
         host, _, port = self.args.metrics_addr.rpartition(":")
-        health = _HealthServer((host or "0.0.0.0", int(port)), _make_health_handler_class(self))
+        health = LocalHTTPServer((host or "0.0.0.0", int(port)), _make_health_handler_class(self))
         self._servers = [cni_server, health]
         for srv in self._servers:
             threading.Thread(target=srv.serve_forever, daemon=True, name=f"agent-{type(srv).__name__}").start()

@@ -14,11 +14,11 @@ share it. An empty address turns an endpoint off.
 from __future__ import annotations
 
 import logging
-import socket
-import socketserver
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from netplane.httpserve import LocalHTTPServer, send
 from typing import Any
 
 from netplane.errors import ConfigError
@@ -40,21 +40,6 @@ def parse_http_addr(text: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ConfigError(f"HTTP address {text!r}: port {number} out of range")
     return host, number
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        super().__init__(addr, handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves its own address with socket.getfqdn(): a DNS query,
-        # which in a pod whose resolver is this very server (not serving yet) stalls for 5 s.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class HttpEndpoints:
@@ -83,7 +68,7 @@ class HttpEndpoints:
         for (host, port, _n), paths in self._routes.items():
             addr = (host, port)
             try:
-                server = _Server(addr, self._handler_class(frozenset(paths)))
+                server = LocalHTTPServer(addr, self._handler_class(frozenset(paths)))
             except OSError as exc:
                 self.stop()
                 raise ConfigError(f"cannot serve {', '.join(sorted(paths))} on {addr[0]}:{addr[1]}: "
@@ -139,10 +124,6 @@ class HttpEndpoints:
                     self._send(200, body, CONTENT_TYPE)
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send(self, code, body, ctype)
 
         return Handler

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socketserver
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from netplane.httpserve import LocalHTTPServer, send
 from netplane.metrics import CONTENT_TYPE
 from netplane.proxy.metrics import ProxyMetrics
 from netplane.proxy.model import ServicePortName
@@ -137,17 +137,6 @@ class ProxyHealth:
 # ------------------------------------------------------------------------------ HTTP plumbing
 
 
-class _QuietHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can block for
-        # seconds on a node without a resolver.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
 Route = Callable[[], tuple[int, bytes, str, Mapping[str, str]]]
 
 
@@ -164,14 +153,7 @@ def _handler_class(routes: Mapping[str, Route], label: str) -> type[BaseHTTPRequ
                 code, body, ctype, headers = 404, b"not found\n", "text/plain", {}
             else:
                 code, body, ctype, headers = route()
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send(self, code, body, ctype, [("X-Content-Type-Options", "nosniff"), *headers.items()])
 
     return Handler
 
@@ -180,7 +162,7 @@ class HttpServer:
     """A ThreadingHTTPServer on its own daemon thread."""
 
     def __init__(self, address: tuple[str, int], routes: Mapping[str, Route], label: str):
-        self._server = _QuietHTTPServer(address, _handler_class(routes, label))
+        self._server = LocalHTTPServer(address, _handler_class(routes, label))
         self.label = label
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
