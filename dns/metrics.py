@@ -15,7 +15,6 @@ Two rules keep the hot path cheap:
 from __future__ import annotations
 
 import bisect
-import math
 import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -207,7 +206,7 @@ class DnsMetrics:
             values = merged.get(metric.name, {})
             lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
             if isinstance(metric, Histogram):
-                lines += _histogram_lines(metric, values)
+                lines += metric.sample_lines(sorted(values.items()))  # type: ignore[arg-type]
             else:
                 lines += [f"{metric.name}{_labels(metric.label_names, k)} {_num(v)}"
                           for k, v in sorted(values.items())]
@@ -239,16 +238,3 @@ def merge_snapshots(snapshots: Sequence[Snapshot]) -> Snapshot:
                 else:
                     target[key] = target.get(key, 0) + value
     return merged
-
-
-def _histogram_lines(metric: Histogram, values: Mapping[tuple[str, ...], object]) -> list[str]:
-    out = []
-    for key, (counts, total) in sorted(values.items()):
-        running = 0
-        for bound, n in zip((*metric.buckets, math.inf), counts):
-            running += n
-            le = 'le="' + _num(bound) + '"'
-            out.append(f"{metric.name}_bucket{_labels(metric.label_names, key, le)} {running}")
-        out.append(f"{metric.name}_sum{_labels(metric.label_names, key)} {_num(total)}")
-        out.append(f"{metric.name}_count{_labels(metric.label_names, key)} {running}")
-    return out

@@ -115,6 +115,12 @@ class Histogram(_Metric):
         out = []
         with self._lock:
             items = sorted((k, (list(c), t[0])) for k, (c, t) in self._data.items())
+        return self.sample_lines(items)
+
+    def sample_lines(self, items: Iterable[tuple[tuple[str, ...], tuple[Sequence[int], float]]]) -> list[str]:
+        """Exposition lines for (label values, (per-bucket counts, sum)) items: cumulative
+        buckets, _sum and _count. Also used to render counts merged from other processes."""
+        out = []
         for key, (counts, total) in items:
             running = 0
             for bound, n in zip((*self.buckets, math.inf), counts):
