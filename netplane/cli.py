@@ -95,10 +95,15 @@ def _add_exec(p: argparse.ArgumentParser) -> None:
                    help="the command; its exit code is passed through")
 
 
-def _add_agent(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node-name", required=True, metavar="NAME", help="this node's Node object name")
+def _add_kubeconfig(p: argparse.ArgumentParser) -> None:
+    """How the daemons (agent, proxy, dns) find the apiserver: one flag, one rule."""
     p.add_argument("--kubeconfig", metavar="FILE",
                    help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+
+
+def _add_agent(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-name", required=True, metavar="NAME", help="this node's Node object name")
+    _add_kubeconfig(p)
     p.add_argument("--socket", default="/run/netplane/agent.sock", metavar="PATH",
                    help="root-only unix socket the CNI shim talks to (default: %(default)s)")
     p.add_argument("--state-dir", default="/run/netplane/cni", metavar="DIR",
@@ -118,8 +123,7 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
 
 
 def _add_dns(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kubeconfig", metavar="FILE",
-                   help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+    _add_kubeconfig(p)
     p.add_argument("--config", metavar="FILE",
                    help="Corefile-subset configuration, reloaded on change (format: docs/dns.md; "
                    "default: kubeadm's Corefile forwarding to --resolv-conf)")
@@ -142,8 +146,7 @@ def _add_dns(p: argparse.ArgumentParser) -> None:
 def _add_proxy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("iptables", "ebpf"), default="iptables",
                    help="dataplane backend (default: %(default)s; ebpf is not implemented yet)")
-    p.add_argument("--kubeconfig", metavar="FILE",
-                   help="kubeconfig for the apiserver (default: in-cluster service account, then $KUBECONFIG)")
+    _add_kubeconfig(p)
     p.add_argument("--node-name", metavar="NAME",
                    help="this node's Node object name (required unless --cleanup)")
     p.add_argument("--cluster-cidr", default="", metavar="CIDR",
