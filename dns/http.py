@@ -61,7 +61,7 @@ class HttpEndpoints:
             if addr:
                 host, port = parse_http_addr(addr)
                 self._routes.setdefault((host, port, n if port == 0 else 0), set()).add(path)
-        self._servers: list[_Server] = []
+        self._servers: list[LocalHTTPServer] = []
         self.bound: dict[str, tuple[str, int]] = {}  # path → the address it is served on
 
     def start(self) -> None:

@@ -112,7 +112,6 @@ class Histogram(_Metric):
         return sum(data[0]) if data else 0
 
     def _samples(self) -> list[str]:
-        out = []
         with self._lock:
             items = sorted((k, (list(c), t[0])) for k, (c, t) in self._data.items())
         return self.sample_lines(items)
