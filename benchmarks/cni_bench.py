@@ -53,6 +53,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Quiet, pct, rss_mb, summary  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
@@ -71,49 +74,16 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def cpu_busy(interval: float = 0.5) -> float:
-    """Fraction of all CPUs busy over `interval` seconds (/proc/stat)."""
-    def sample() -> tuple[int, int]:
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return f[0] + f[1] + f[2] + f[5] + f[6] + f[7], sum(f)
-    b0, t0 = sample()
-    time.sleep(interval)
-    b1, t1 = sample()
-    return (b1 - b0) / max(1, t1 - t0)
 
 
-class Quiet:
-    """Others share this 2-CPU machine (tests in their own sandboxes): before each measurement,
-    wait until the CPUs are mostly idle, within an overall budget; what was seen is recorded."""
 
-    def __init__(self, budget_s: float, threshold: float = 0.2):
-        self.left, self.threshold = budget_s, threshold
-        self.log: list[dict] = []
-
-    def wait(self, what: str) -> None:
-        t0 = time.monotonic()
-        busy = cpu_busy()
-        while busy > self.threshold and self.left - (time.monotonic() - t0) > 0:
-            busy = cpu_busy(1.0)
-        waited = time.monotonic() - t0
-        self.left -= waited
-        others = sorted(e for e in os.listdir(RUN_DIR) if e != CLUSTER) if os.path.isdir(RUN_DIR) else []
-        self.log.append({"before": what, "cpu_busy": round(busy, 3), "waited_s": round(waited, 1),
-                         "other_sandboxes": others})
-        if busy > self.threshold:
-            print(f"  (machine busy: {busy:.0%} CPU before {what}; other sandboxes: {others})", flush=True)
+def other_sandboxes() -> dict:
+    others = sorted(e for e in os.listdir(RUN_DIR) if e != CLUSTER) if os.path.isdir(RUN_DIR) else []
+    return {"other_sandboxes": others}
 
 
-QUIET = Quiet(0)
+QUIET = Quiet(0, context=other_sandboxes)
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 # -- the sandbox ----------------------------------------------------------------------------------
@@ -199,14 +169,6 @@ class Sandbox:
                 return int(pid)
         return None
 
-
-def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def metrics_delta(before: dict, after: dict, verb: str) -> float | None:
@@ -520,7 +482,7 @@ def breakdown(sb: Sandbox, runners: dict, args) -> dict:
         sb.drop_pods(nss)
     pid = sb.agent_pid(node)
     return {"iterations": n, "shim": shim_kind(), "median_ms": med, "runs_ms": rows, "cpu_mean_ms": cpu_mean,
-            "agent_profile": profile, "agent_rss_mb": rss_mb(pid), "agent_threads": _threads(pid)}
+            "agent_profile": profile, "agent_rss_mb": rss_mb([pid]) if pid is not None else None, "agent_threads": _threads(pid)}
 
 
 def _threads(pid: int | None) -> int | None:
@@ -639,7 +601,7 @@ def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
             store.release(cids[i], "eth0")
     return {"median_ms": {k: statistics.median(v) for k, v in rows.items()}, "runs_ms": rows,
             "note": f"{len(namespaces)} pods wired in sequence (IPAM holds 1..{len(namespaces)} IPs), "
-                    f"then unwired; own process (RSS {rss_mb(os.getpid()):.0f} MB), not the agent's"}
+                    f"then unwired; own process (RSS {rss_mb([os.getpid()]):.0f} MB), not the agent's"}
 
 
 # -- iperf3 ---------------------------------------------------------------------------------------
@@ -790,7 +752,7 @@ def main() -> int:
         raise SystemExit("needs root (creates network namespaces)")
     started = time.perf_counter()
     global QUIET
-    QUIET = Quiet(args.quiet_budget)
+    QUIET = Quiet(args.quiet_budget, context=other_sandboxes)
     result: dict = {
         "shim": shim_kind(),
         "pods": args.pods, "parallel": args.parallel, "runs": args.runs,

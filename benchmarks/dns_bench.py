@@ -42,7 +42,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dnslib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Quiet, pct, rss_mb, summary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -77,57 +79,6 @@ def free_port() -> int:
         u.bind(("127.0.0.1", port))  # the same port must be free for UDP too
     return port
 
-
-def cpu_busy(interval: float = 0.5) -> float:
-    """Fraction of all CPUs busy over `interval` seconds (/proc/stat)."""
-    def sample() -> tuple[int, int]:
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return f[0] + f[1] + f[2] + f[5] + f[6] + f[7], sum(f)
-    b0, t0 = sample()
-    time.sleep(interval)
-    b1, t1 = sample()
-    return (b1 - b0) / max(1, t1 - t0)
-
-
-class Quiet:
-    """Wait for mostly idle CPUs before a measurement, within an overall budget."""
-
-    def __init__(self, budget_s: float, threshold: float = 0.15) -> None:
-        self.left, self.threshold = budget_s, threshold
-        self.log: list[dict] = []
-
-    def wait(self, what: str) -> float:
-        t0 = time.monotonic()
-        busy = cpu_busy()
-        while busy > self.threshold and self.left - (time.monotonic() - t0) > 0:
-            busy = cpu_busy(1.0)
-        waited = time.monotonic() - t0
-        self.left -= waited
-        self.log.append({"before": what, "cpu_busy": round(busy, 3), "waited_s": round(waited, 1)})
-        if busy > self.threshold:
-            print(f"  (machine busy: {busy:.0%} CPU before {what})", flush=True)
-        return busy
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return round(total / 1024, 1)
 
 
 def children(pid: int) -> list[int]:
@@ -395,7 +346,7 @@ def main() -> int:
     for tool in ("dnsperf", "dnsmasq"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (make setup)")
-    quiet = Quiet(args.quiet_budget)
+    quiet = Quiet(args.quiet_budget, threshold=0.15)
     rng = random.Random(6)
     tmp = Path(tempfile.mkdtemp(prefix="netplane-dnsbench-"))
     cluster = Cluster(tmp)
@@ -431,7 +382,7 @@ def main() -> int:
                     r = dnsperf(server.port, files[set_name], args.seconds)
                     lat = dnsperf(server.port, files[set_name], args.latency_seconds, qps=LATENCY_QPS, verbose=True)
                     r.update(p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"], latency_lost=lat["lost"],
-                             latency_rcodes=lat["rcodes"], rss_mb=rss_mb(server.pids()), cpu_busy_before=busy)
+                             latency_rcodes=lat["rcodes"], rss_mb=round(rss_mb(server.pids()), 1), cpu_busy_before=busy)
                     raw[server.name][set_name].append(r)
                     print(f"run {run + 1} {set_name:3} {server.name:26} {r['qps']:>9.0f} q/s lost {r['lost']:>5} "
                           f"p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms RSS {r['rss_mb']} MB", flush=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,9 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import pct, rss_mb, summary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -49,18 +51,6 @@ def topology(nodes: int, pods_per_node: int) -> dict:
         "manifests": [pod(f"p-{n}-{j}", n) for n in names for j in range(pods_per_node)],
     }
 
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def cgroup_pids(cluster: str) -> list[int]:
@@ -120,14 +110,6 @@ def pod_start_latency(count: int, tmp: str) -> list[float]:
     finally:
         subprocess.run([NETPLANE, "down", "--name", "bench"], check=True, capture_output=True)
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 def main() -> int:
