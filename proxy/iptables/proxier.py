@@ -104,7 +104,7 @@ class IptablesProxier(BaseProvider):
 
     def _canaries_present(self) -> bool:
         try:
-            return all(self.port.chain_exists(table, names.CANARY) for table in TABLES)
+            return all(self.port.chains_exist([(table, names.CANARY) for table in TABLES]))
         except IptablesError as e:
             log.warning("cannot check the canary chains: %s", e)
             return False

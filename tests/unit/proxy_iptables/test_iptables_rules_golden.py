@@ -62,7 +62,6 @@ COMMIT
 :NP-POSTROUTING - [0:0]
 :NP-PROXY-CANARY - [0:0]
 :NP-SEP-SXIVWICOYRO3J4NJ - [0:0]
-:NP-SEP-ZX7GRIZKSNUQ3LAJ - [0:0]
 :NP-SERVICES - [0:0]
 :NP-SVC-XPGD46QRK7WJZT7O - [0:0]
 -A NP-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
@@ -71,18 +70,18 @@ COMMIT
 -A NP-POSTROUTING -m comment --comment "netplane service traffic requiring SNAT" -j MASQUERADE --random-fully
 -A NP-SEP-SXIVWICOYRO3J4NJ -s 10.180.0.1/32 -m comment --comment "ns1/svc1:p80" -j NP-MARK-MASQ
 -A NP-SEP-SXIVWICOYRO3J4NJ -p tcp -m comment --comment "ns1/svc1:p80" -m tcp -j DNAT --to-destination 10.180.0.1:80
--A NP-SEP-ZX7GRIZKSNUQ3LAJ -s 10.180.2.1/32 -m comment --comment "ns1/svc1:p80" -j NP-MARK-MASQ
--A NP-SEP-ZX7GRIZKSNUQ3LAJ -p tcp -m comment --comment "ns1/svc1:p80" -m tcp -j DNAT --to-destination 10.180.2.1:80
 -A NP-SERVICES -d 172.30.0.41/32 -p tcp -m tcp --dport 80 -m comment --comment "ns1/svc1:p80 cluster IP" -j NP-SVC-XPGD46QRK7WJZT7O
 -A NP-SERVICES ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -m comment --comment "netplane service nodeports; NOTE: this must be the last rule in this chain" -j NP-NODEPORTS
 -A NP-SVC-XPGD46QRK7WJZT7O ! -s 10.0.0.0/8 -d 172.30.0.41/32 -p tcp -m tcp --dport 80 -m comment --comment "ns1/svc1:p80 cluster IP" -j NP-MARK-MASQ
 -A NP-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j NP-SEP-SXIVWICOYRO3J4NJ
--A NP-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.2.1:80" -j NP-SEP-ZX7GRIZKSNUQ3LAJ
+-A NP-SVC-XPGD46QRK7WJZT7O -p tcp -m comment --comment "ns1/svc1:p80 -> 10.180.2.1:80" -m tcp -j DNAT --to-destination 10.180.2.1:80
 COMMIT
 """
 
 
 def test_golden_cluster_ip_service_and_a_service_without_endpoints():
+    # 10.180.0.1 is on this node: its NP-SEP chain holds the hairpin rule. 10.180.2.1 is on
+    # host2: no packet from it can reach this chain, so its DNAT is inline.
     st = state(
         [ServicePortInfo(spn("ns1", "svc1"), "172.30.0.41", 80, "TCP", 80),
          ServicePortInfo(spn("ns6", "svc6"), "172.30.0.46", 80, "TCP", 80)],

@@ -354,3 +354,39 @@ def test_tracer_refuses_rules_it_cannot_judge():
     dangling = make_ruleset({"nat": {"NP-SERVICES": ["-j NP-GONE"]}, "filter": {}})
     with pytest.raises(TraceError):
         trace(dangling, Packet(POD, "tcp", "1.2.3.4", 80), NODE)
+
+
+def _masquerade_by_endpoint(services, endpoints, packet: Packet) -> dict[str, bool]:
+    result = Tracer(compile_state(services, endpoints), NODE).trace(packet)
+    return {o.endpoint: o.masquerade for o in result.outcomes if o.endpoint}
+
+
+def test_hairpin_masquerades_exactly_the_connections_that_return_to_their_source():
+    """Another node's endpoint has its DNAT inline (no NP-SEP chain, no hairpin rule); the
+    cases where a packet from such an endpoint can reach this node's service chains keep the
+    chain, so that a connection sent back to its own source is still masqueraded."""
+    cluster = ServicePortInfo(spn("svc1"), "172.30.0.41", 80, "TCP", 80, node_port=3001)
+    affinity = dataclasses.replace(cluster, name=spn("svc2"), cluster_ip="172.30.0.42",
+                                   node_port=0, affinity_timeout=600)
+    local = etp_local_service(health_check_node_port=30000)
+    local = dataclasses.replace(local, name=spn("svc3"), cluster_ip="172.30.0.43",
+                                node_port=3003, external_ips=(), load_balancer_ips=())
+    eps = (ep("10.180.0.1", node="node1"), ep("10.180.2.1", node="host2"))
+    endpoints = {cluster.name: eps, affinity.name: eps, local.name: eps}
+    nat = compile_state([cluster, affinity, local], endpoints).tables["nat"]
+    dnat_inline = {c: r for c, r in nat.items() if c.startswith("NP-SVC-")
+                   and any("DNAT --to-destination 10.180.2.1:80" in rule for rule in r)}
+    # Only the Cluster-policy service without affinity inlines host2's endpoint.
+    assert len(dnat_inline) == 1
+    services = [cluster, affinity, local]
+    # The local endpoint reaching its own service: masqueraded only when sent back to itself.
+    for dest in ("172.30.0.41", "172.30.0.42", "172.30.0.43"):
+        assert _masquerade_by_endpoint(services, endpoints, Packet("10.180.0.1", "tcp", dest, 80)) \
+            == {"10.180.0.1:80": True, "10.180.2.1:80": False}, dest
+    # host2's pod reaching this node's NodePort of the Local service is sent to any endpoint
+    # (pods go "through the LB"): its own address must still be masqueraded.
+    assert _masquerade_by_endpoint(services, endpoints, Packet("10.180.2.1", "tcp", NODE_IP, 3003)) \
+        == {"10.180.0.1:80": False, "10.180.2.1:80": True}
+    # Under Cluster policy the EXT chain masquerades every external connection anyway.
+    assert set(_masquerade_by_endpoint(services, endpoints,
+                                       Packet("10.180.2.1", "tcp", NODE_IP, 3001)).values()) == {True}

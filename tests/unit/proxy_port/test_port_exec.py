@@ -112,6 +112,27 @@ def test_chain_exists_distinguishes_missing_from_broken() -> None:
         ipt.chain_exists("nat", "NP-BROKEN")
 
 
+def test_chains_exist_runs_the_checks_side_by_side_and_keeps_their_order() -> None:
+    import threading
+    import time
+    both_running = threading.Barrier(2, timeout=5)
+
+    def run(argv, **kw):
+        both_running.wait()  # deadlocks (BrokenBarrierError) unless the two run at once
+        time.sleep(0.01)
+        code = 0 if argv[-1] == "NP-HERE" else 1
+        return subprocess.CompletedProcess(argv, code, "", "")
+
+    ipt = ExecIptables("nft", run=run)
+    assert ipt.chains_exist([("nat", "NP-GONE"), ("filter", "NP-HERE")]) == [False, True]
+    broken = Binaries({
+        "iptables-nft -w 5 -t nat -S NP-A": (0, "", ""),
+        "iptables-nft -w 5 -t filter -S NP-A": (4, "", "Another app is currently holding the xtables lock"),
+    })
+    with pytest.raises(IptablesError, match="xtables lock"):
+        ExecIptables("nft", run=broken).chains_exist([("nat", "NP-A"), ("filter", "NP-A")])
+
+
 def test_ensure_jumps_checks_then_inserts_at_the_top_only_when_missing() -> None:
     present = HOOK_JUMPS[0]
     runner = Binaries({

@@ -28,12 +28,13 @@ def service(name: str, ip: str, port: int = 80, proto: str = "TCP", **spec: Any)
                                             "targetPort": 8080}], **spec}})
 
 
-def endpoint_slice(name: str, svc: str, *ips: str, proto: str = "TCP") -> EndpointSlice:
+def endpoint_slice(name: str, svc: str, *ips: str, proto: str = "TCP",
+                   node: str = "node-2") -> EndpointSlice:
     return EndpointSlice.from_dict({
         "metadata": {"name": name, "namespace": "default",
                      "labels": {"kubernetes.io/service-name": svc}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "nodeName": "node-2"} for ip in ips],
+        "endpoints": [{"addresses": [ip], "nodeName": node} for ip in ips],
         "ports": [{"name": "p", "port": 8080, "protocol": proto}]})
 
 
@@ -91,19 +92,23 @@ def test_a_sync_without_changes_runs_no_restore() -> None:
     assert len(h.kernel.restores) == restores and h.proxier.restores == runs
 
 
-def test_an_endpoint_change_rewrites_only_the_chains_it_touches() -> None:
+@pytest.mark.parametrize("node", [NODE.name, "node-2"], ids=["local-endpoints", "remote-endpoints"])
+def test_an_endpoint_change_rewrites_only_the_chains_it_touches(node: str) -> None:
     h = Harness()
-    web = endpoint_slice("web-a", "web", "10.244.2.5", "10.244.2.6")
+    web = endpoint_slice("web-a", "web", "10.244.2.5", "10.244.2.6", node=node)
     h.start(service("web", "10.96.0.1"), service("db", "10.96.0.2", 5432), web,
             endpoint_slice("db-a", "db", "10.244.3.5"))
     before = h.kernel_rules()
-    h.proxier.on_endpoint_slice_update(web, endpoint_slice("web-a", "web", "10.244.2.5"))
+    h.proxier.on_endpoint_slice_update(web, endpoint_slice("web-a", "web", "10.244.2.5", node=node))
     h.settle()
     plan = h.proxier.last_plan
     assert plan is not None and not plan.full
     written = set(plan.write.get("nat", {})) | set(plan.write.get("filter", {}))
     deleted = set(plan.delete.get("nat", ()))
-    assert len(deleted) == 1 and next(iter(deleted)).startswith("NP-SEP-")
+    if node == NODE.name:  # a local endpoint has its own NP-SEP chain (the hairpin rule)
+        assert len(deleted) == 1 and next(iter(deleted)).startswith("NP-SEP-")
+    else:  # another node's endpoint is a DNAT rule inside the service chain
+        assert not deleted
     assert all(c.startswith("NP-SVC-") for c in written)  # the web SVC chain only
     after = h.kernel_rules()
     assert after == normalise_ruleset(h.proxier.applied)
