@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/dns_bench.py [--services 10000] [--runs 3] [--seconds 10]
                                              [--workers 1,2] [--quiet-budget 120]
+                                             [--out benchmarks/results/dns_bench] [--pin]
 
 Setup (everything on 127.0.0.1, removed at the end):
 - the embedded apiserver (`netplane apiserver`) with N ClusterIP services `svcI` in namespace
@@ -20,14 +21,19 @@ Per server, query set and run: dnsperf (`-c 4 -T 2 -q 500 -l SECONDS`, no rate l
 queries/s and lost queries; then dnsperf at a fixed 20,000 queries/s with `-v` for p50/p99
 latency (at the saturation point latency is only the depth of dnsperf's own queue, so it is
 measured at a rate every server sustains); the server's RSS after the run (netplane: all worker
-processes). Before the first run, a sample of answers from every server is checked with dnslib
-against the expected records. Servers alternate their order run by run, and before each
-measurement the script waits (within `--quiet-budget` seconds in all) for the CPUs to be mostly
-idle: others may share this machine, and what was seen is recorded.
+processes); the CPU time per answered query of dnsperf and of the server over the throughput run
+(utime + stime: dnsperf's from its rusage, the server's from /proc/PID/stat of all its
+processes). It says how the CPUs were split, since throughput ~ CPUs / (dnsperf's + the
+server's CPU per query): a server can only gain on the share that is its own. `--pin` runs
+dnsperf on CPU 0 and every server on CPU 1 (taskset) instead of letting them share. Before the
+first run, a sample of answers from every server is checked with dnslib against the expected
+records. Servers alternate their order run by run, and before each measurement the script waits
+(within `--quiet-budget` seconds in all) for the CPUs to be mostly idle: others may share this
+machine, and what was seen is recorded.
 
-Median and min–max over `--runs` go to benchmarks/results/dns_bench.{json,md}. Not a test: run
-by hand. dnsperf shares the CPUs with the server under test (2 on the reference machine), which
-caps what any server can show here.
+Median and min–max over `--runs` go to OUT.json and OUT.md (`--out`, default
+benchmarks/results/dns_bench). Not a test: run by hand. dnsperf shares the CPUs with the server
+under test (2 on the reference machine), which caps what any server can show here.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -61,6 +68,7 @@ NETPLANE = str(Path(sys.executable).with_name("netplane"))
 NAMESPACE = "bench"
 LATENCY_QPS = 20_000
 SAMPLE = 300  # answers checked per query kind and server
+DNSPERF_CPU, SERVER_CPU = 0, 1  # with --pin
 
 COREFILE = """\
 .:53 {
@@ -297,18 +305,42 @@ def check_answers(server: Server, queries: list[tuple[str, str, str]], ips: dict
     return {"checked": checked, "wrong": len(wrong), "examples": wrong[:5]}
 
 
-def dnsperf(port: int, datafile: Path, seconds: float, *, qps: int | None = None, verbose: bool = False) -> dict:
+def process_cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads; gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def dnsperf(port: int, datafile: Path, seconds: float, *, qps: int | None = None, verbose: bool = False,
+            server_pids: list[int] | tuple[int, ...] = (), cpu: int | None = None) -> dict:
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", str(seconds),
            "-c", "4", "-T", "2", "-q", "500"]
     if qps:
         cmd += ["-Q", str(qps)]
     if verbose:
         cmd.append("-v")
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     before = _cpu_times()
+    server_before, client_before = process_cpu_seconds(server_pids), children_cpu_seconds()
     with tempfile.TemporaryFile("w+") as out:
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=seconds + 60)
         out.seek(0)
         text = out.read()
+    # dnsperf is the only child reaped meanwhile: the children's rusage grew by its CPU time.
+    client_cpu = children_cpu_seconds() - client_before
+    server_cpu = process_cpu_seconds(server_pids) - server_before
     result = {
         "sent": int(re.search(r"Queries sent:\s+(\d+)", text).group(1)),
         "completed": int(re.search(r"Queries completed:\s+(\d+)", text).group(1)),
@@ -320,6 +352,8 @@ def dnsperf(port: int, datafile: Path, seconds: float, *, qps: int | None = None
     delta = [b - a for a, b in zip(before, _cpu_times())]
     total = max(1, sum(delta))
     result.update(cpu_idle=round(delta[3] / total, 3), cpu_steal=round(delta[7] / total, 3))
+    done = max(1, result["completed"])
+    result.update(dnsperf_cpu_us=round(client_cpu / done * 1e6, 3), server_cpu_us=round(server_cpu / done * 1e6, 3))
     if verbose:
         latencies = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", text, re.M)]
         rcodes: dict[str, int] = {}
@@ -340,6 +374,9 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     ap.add_argument("--workers", default="1,2", help="netplane dns --workers values to measure")
     ap.add_argument("--quiet-budget", type=float, default=120.0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "dns_bench",
+                    help="results path without suffix: OUT.json and OUT.md are written")
+    ap.add_argument("--pin", action="store_true", help="dnsperf on CPU 0, the servers on CPU 1 (taskset)")
     args = ap.parse_args()
     # SIGTERM must run the cleanup below (servers run in their own sessions and would stay).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -365,6 +402,9 @@ def main() -> int:
             t0 = time.monotonic()
             servers.append(NetplaneDns(tmp, cluster.kubeconfig, w, args.services))
             print(f"{servers[-1].name} serving after {time.monotonic() - t0:.1f}s", flush=True)
+        if args.pin:
+            for server in servers:
+                pin(server.pids(), SERVER_CPU)
         correctness: dict[str, dict] = {}
         for server in servers:
             c = check_answers(server, sets["mix"], ips, random.Random(7))
@@ -379,13 +419,16 @@ def main() -> int:
             for set_name in sets:
                 for server in (s for s in order if set_name in s.sets):
                     busy = quiet.wait(f"{server.name} {set_name} run {run + 1}")
-                    r = dnsperf(server.port, files[set_name], args.seconds)
-                    lat = dnsperf(server.port, files[set_name], args.latency_seconds, qps=LATENCY_QPS, verbose=True)
+                    client_cpu = DNSPERF_CPU if args.pin else None
+                    r = dnsperf(server.port, files[set_name], args.seconds, server_pids=server.pids(), cpu=client_cpu)
+                    lat = dnsperf(server.port, files[set_name], args.latency_seconds, qps=LATENCY_QPS, verbose=True,
+                                  cpu=client_cpu)
                     r.update(p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"], latency_lost=lat["lost"],
                              latency_rcodes=lat["rcodes"], rss_mb=round(rss_mb(server.pids()), 1), cpu_busy_before=busy)
                     raw[server.name][set_name].append(r)
                     print(f"run {run + 1} {set_name:3} {server.name:26} {r['qps']:>9.0f} q/s lost {r['lost']:>5} "
-                          f"p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms RSS {r['rss_mb']} MB", flush=True)
+                          f"p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms RSS {r['rss_mb']} MB "
+                          f"CPU µs/query dnsperf {r['dnsperf_cpu_us']:.2f} server {r['server_cpu_us']:.2f}", flush=True)
         panics = {s.name: s.panics() for s in servers if isinstance(s, NetplaneDns)}
     finally:
         for s in servers:
@@ -402,12 +445,19 @@ def main() -> int:
         results["servers"][name] = {
             set_name: {key: summary([r[key] for r in runs]) for key in ("qps", "lost", "p50_ms", "p99_ms", "rss_mb")}
             | {key: summary([r[key] for r in runs]) for key in ("cpu_idle", "cpu_steal")}
+            | {key: summary([r[key] for r in runs]) for key in ("dnsperf_cpu_us", "server_cpu_us")}
             | {"raw": runs} for set_name, runs in per_set.items()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dns_bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "dns_bench.md").write_text(markdown(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    Path(f"{args.out}.md").write_text(markdown(results))
     print(markdown(results))
     return 0
+
+
+def pin(pids: list[int], cpu: int) -> None:
+    """Every thread of the processes onto one CPU."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True, check=True)
 
 
 def _cpu_model() -> str:
@@ -423,6 +473,11 @@ def _version(cmd: list[str], pattern: str = r"version (\S+)") -> str:
     return m.group(1) if m else "?"
 
 
+def cpu_cell(r: dict, key: str) -> str:
+    """Results written before the CPU columns existed have none."""
+    return f"{r[key]['median']:.2f}" if key in r else "–"
+
+
 def markdown(results: dict) -> str:
     m, p = results["machine"], results["params"]
     lines = [
@@ -434,8 +489,9 @@ def markdown(results: dict) -> str:
         "dnsperf runs on the same CPUs. dnsmasq serves the A set from a hosts file and the mix from a second "
         "instance that also has one `srv-host` per service. Produced by benchmarks/dns_bench.py.",
         "",
-        "| server | queries | queries/s | lost | p50 ms | p99 ms | RSS MB | CPU stolen (idle) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | queries | queries/s | lost | p50 ms | p99 ms | RSS MB | CPU stolen (idle) "
+        "| CPU µs/query dnsperf | CPU µs/query server |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(s: dict, digits: int = 0) -> str:
@@ -446,9 +502,12 @@ def markdown(results: dict) -> str:
         for set_name, r in per_set.items():
             lines.append(f"| {name} | {set_name} | {cell(r['qps'])} | {cell(r['lost'])} | {cell(r['p50_ms'], 3)} | "
                          f"{cell(r['p99_ms'], 3)} | {cell(r['rss_mb'], 1)} | "
-                         f"{r['cpu_steal']['median']:.0%} ({r['cpu_idle']['median']:.0%}) |")
+                         f"{r['cpu_steal']['median']:.0%} ({r['cpu_idle']['median']:.0%}) | "
+                         f"{cpu_cell(r, 'dnsperf_cpu_us')} | {cpu_cell(r, 'server_cpu_us')} |")
     lines += ["", "CPU stolen / idle: medians over the throughput runs, share of both CPUs (/proc/stat); steal is "
-              "CPU time the hypervisor gave to other guests.", "", "Answers checked with dnslib (A, SRV, PTR, NXDOMAIN samples): " + "; ".join(
+              "CPU time the hypervisor gave to other guests. CPU µs/query: utime + stime per answered query over "
+              "the throughput runs, of dnsperf and of the server's processes."
+              + (" dnsperf pinned to CPU 0, servers to CPU 1." if p.get("pin") else ""), "", "Answers checked with dnslib (A, SRV, PTR, NXDOMAIN samples): " + "; ".join(
         f"{n}: {c['checked'] - c['wrong']}/{c['checked']} right" for n, c in results["correctness"].items()),
         "", "Ratios (median queries/s, netplane / dnsmasq): " + "; ".join(
             f"{n} {s}: {results['servers'][n][s]['qps']['median'] / results['servers']['dnsmasq'][s]['qps']['median']:.2f}×"

@@ -375,3 +375,99 @@ def test_two_workers_share_the_port_and_sum_metrics(apiserver: ApiServerProcess,
         assert subprocess.run(["ps", "-p", pids[0]], capture_output=True).returncode != 0  # worker gone too
     finally:
         proc.stop()
+
+
+# -- the batched UDP loop (recvmmsg/sendmmsg) and its fallback --------------------------------------
+
+
+@pytest.mark.parametrize("recvmmsg", ["64", "0"], ids=["batched", "recvfrom"])
+def test_burst_from_many_sockets_every_answer_right(apiserver: ApiServerProcess, cluster: Client,
+                                                    upstream: FakeUpstream, tmp_path, monkeypatch, recvmmsg):
+    """Four sockets send 250 queries each without waiting: cluster names in several letter cases
+    (wire-cache hits and misses), NXDOMAIN names, names for the upstream, malformed datagrams.
+    Every query gets one answer with its ID, its exact question and the right records; the
+    requests counter counts each once."""
+    import random
+
+    from netplane.dns.server import RECVMMSG_ENV
+
+    monkeypatch.setenv(RECVMMSG_ENV, recvmmsg)
+    ips = {}
+    for i in range(8):
+        name = f"burst{i}"
+        try:
+            ips[name] = create_service(cluster, name)["spec"]["clusterIP"]
+        except Exception:  # the other parametrization created it already
+            ips[name] = cluster.get(f"/api/v1/namespaces/{NS}/services/{name}")["spec"]["clusterIP"]
+    proc = DnsProcess(tmp_path, apiserver.kubeconfig, COREFILE.format(lameduck="0s", upstream=upstream.port))
+    try:
+        assert ("one recvfrom/sendto per UDP datagram" in proc.log_text()) == (recvmmsg == "0")
+        wait_for(lambda: all(proc.query(f"{n}.{NS}.svc.cluster.local").rr for n in ips), what="services in DNS")
+        # A slow-path answer is counted just after it is sent: let the last ones land.
+        time.sleep(0.2)
+        warm = requests(proc)
+        rng = random.Random(3)
+        socks = []
+        expected: dict[tuple[int, int], tuple[str, str]] = {}
+        for n in range(4):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.settimeout(5)
+            socks.append(s)
+        try:
+            for k in range(250):
+                for n, s in enumerate(socks):
+                    qid = rng.randrange(65536)
+                    while (n, qid) in expected:
+                        qid = rng.randrange(65536)
+                    roll = rng.random()
+                    if roll < 0.05:  # malformed: FORMERR with the same ID
+                        s.sendto(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"\xc0", ("127.0.0.1", proc.port))
+                        expected[(n, qid)] = ("FORMERR", "")
+                        continue
+                    if roll < 0.08:
+                        kind, qname = "FWD", f"name{rng.randrange(3)}.example.org"
+                    elif roll < 0.18:
+                        kind, qname = "NX", f"nosuch{rng.randrange(3)}.{NS}.svc.cluster.local"
+                    else:
+                        svc = rng.choice(sorted(ips))
+                        kind, qname = svc, f"{svc}.{NS}.svc.cluster.local"
+                        if rng.random() < 0.2:
+                            qname = "".join(c.upper() if rng.random() < 0.5 else c for c in qname)
+                    q = dnslib.DNSRecord.question(qname, "A")
+                    q.header.id = qid
+                    s.sendto(q.pack(), ("127.0.0.1", proc.port))
+                    expected[(n, qid)] = (kind, qname)
+            got = {}
+            for n, s in enumerate(socks):
+                for _ in range(sum(1 for key in expected if key[0] == n)):
+                    data = s.recv(4096)
+                    key = (n, struct.unpack_from("!H", data)[0])
+                    assert key in expected and key not in got
+                    got[key] = dnslib.DNSRecord.parse(data)
+        finally:
+            for s in socks:
+                s.close()
+        for key, (kind, qname) in expected.items():
+            r = got[key]
+            if kind == "FORMERR":
+                assert r.header.rcode == dnslib.RCODE.FORMERR
+                continue
+            assert str(r.q.qname) == qname + "."
+            if kind == "NX":
+                assert r.header.rcode == dnslib.RCODE.NXDOMAIN
+            elif kind == "FWD":
+                assert a_records(r) == ["192.0.2.7"]
+            else:
+                assert a_records(r) == [ips[kind]] and str(r.rr[0].rname) == qname + "."
+        wait_for(lambda: requests(proc) - warm >= len(expected), what="every answer counted")
+        time.sleep(0.2)
+        text = proc.http(proc.metrics, "/metrics")[1]
+        assert metric(text, r"coredns_dns_requests_total\{") - warm == len(expected)
+        assert metric(text, r"coredns_panics_total") == 0
+    finally:
+        assert proc.stop() == 0
+
+
+def requests(proc: DnsProcess) -> float:
+    return metric(proc.http(proc.metrics, "/metrics")[1], r"coredns_dns_requests_total\{")
