@@ -263,34 +263,28 @@ def test_many_clients_at_once(udp_batch):
 # -- which loop -------------------------------------------------------------------------------------
 
 
-@needs_mmsg
-def test_batched_by_default_and_forced_off_by_the_environment(monkeypatch):
+def assert_loop_answers(batched: bool) -> None:
+    """A server started now uses the batched loop or not, and answers either way."""
     handler = GatedCluster()
     handler.release.set()
     server, _ = start_server(ServerOptions(host="127.0.0.1", port=0), handler)
     try:
-        assert server.udp_batched
-    finally:
-        server.stop()
-    monkeypatch.setenv(RECVMMSG_ENV, "0")
-    server, _ = start_server(ServerOptions(host="127.0.0.1", port=0), handler)
-    try:
-        assert not server.udp_batched
+        assert server.udp_batched is batched
         assert_answers(server)
     finally:
         server.stop()
+
+
+@needs_mmsg
+def test_batched_by_default_and_forced_off_by_the_environment(monkeypatch):
+    assert_loop_answers(batched=True)
+    monkeypatch.setenv(RECVMMSG_ENV, "0")
+    assert_loop_answers(batched=False)
 
 
 def test_falls_back_when_recvmmsg_is_unavailable(monkeypatch):
     monkeypatch.setattr(mmsg, "available", lambda: False)
-    handler = GatedCluster()
-    handler.release.set()
-    server, _ = start_server(ServerOptions(host="127.0.0.1", port=0), handler)
-    try:
-        assert not server.udp_batched
-        assert_answers(server)
-    finally:
-        server.stop()
+    assert_loop_answers(batched=False)
 
 
 @needs_mmsg
