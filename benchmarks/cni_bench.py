@@ -1,6 +1,7 @@
 """Benchmark (issue 4): netplane's CNI against Debian's reference plugins, side by side in one run.
 
     .venv/bin/python benchmarks/cni_bench.py [--pods 50] [--parallel 20] [--runs 3] [--iperf-runs 5]
+        [--only all|latency|iperf] [--out DIR]
 
 Brings up a 2-node sandbox (`netplane up`, cluster "cnib", default CNI netplane: an agent per node)
 and measures, as the runtime sees it (the sandbox's CniRunner: libcni/containerd behaviour, each
@@ -31,7 +32,10 @@ Others may be running tests on the same machine: before each measurement the scr
 `--quiet-budget` seconds in all) for the CPUs to be mostly idle, and records what it saw. A netplane
 ADD refused with "try again later" (11) is retried at once with a new sandbox ID and counted.
 
-Median and min–max over `--runs` runs go to benchmarks/results/cni_bench.{json,md}. Needs root.
+Median and min–max over `--runs` runs go to benchmarks/results/cni_bench.{json,md} (`--out DIR`:
+DIR/cni_bench.{json,md} instead, for experiments that must not replace the recorded results).
+`--only latency` runs parts 1-2, `--only iperf` only part 3 (the table then has only those
+sections). Needs root.
 Not a test: run by hand. Everything it creates is removed at the end (netplane down included).
 """
 
@@ -743,6 +747,10 @@ def main() -> int:
     ap.add_argument("--breakdown-iterations", type=int, default=15)
     ap.add_argument("--quiet-budget", type=float, default=150,
                     help="seconds in all to wait for an idle machine before measurements")
+    ap.add_argument("--only", choices=("all", "latency", "iperf"), default="all",
+                    help="latency: ADD/DEL latency and the ADD breakdown; iperf: throughput only")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="directory for cni_bench.{json,md} (default: %(default)s)")
     ap.add_argument("--child-profile", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_profile:
@@ -755,7 +763,7 @@ def main() -> int:
     QUIET = Quiet(args.quiet_budget, context=other_sandboxes)
     result: dict = {
         "shim": shim_kind(),
-        "pods": args.pods, "parallel": args.parallel, "runs": args.runs,
+        "pods": args.pods, "parallel": args.parallel, "runs": args.runs, "only": args.only,
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
                     "reference_plugins": _ref_version()},
@@ -769,14 +777,16 @@ def main() -> int:
             np1, ref1 = make_runners(sb, "node1", tmp)
             np2, _ = make_runners(sb, "node2", tmp)
             runners = {"netplane": np1, "reference": ref1}
-            print(f"ADD/DEL latency, {args.pods} pods, serial and {args.parallel} at a time…", flush=True)
-            result["latency"] = latency(sb, runners, args)
-            print("breakdown of one netplane ADD…", flush=True)
-            QUIET.wait("breakdown")
-            result["breakdown"] = breakdown(sb, runners, args)
-            result["agent_log_node1"] = _agent_log_stats(sb, "node1")
-            print("iperf3…", flush=True)
-            result["iperf3"] = throughput(sb, {"node1": np1, "node2": np2}, args)
+            if args.only in ("all", "latency"):
+                print(f"ADD/DEL latency, {args.pods} pods, serial and {args.parallel} at a time…", flush=True)
+                result["latency"] = latency(sb, runners, args)
+                print("breakdown of one netplane ADD…", flush=True)
+                QUIET.wait("breakdown")
+                result["breakdown"] = breakdown(sb, runners, args)
+                result["agent_log_node1"] = _agent_log_stats(sb, "node1")
+            if args.only in ("all", "iperf"):
+                print("iperf3…", flush=True)
+                result["iperf3"] = throughput(sb, {"node1": np1, "node2": np2}, args)
         finally:
             for ns in list(sb.pod_netns):
                 sb.drop_pods([ns])
@@ -785,10 +795,10 @@ def main() -> int:
             result["leftovers"] = leftovers(sb)
     result["elapsed_s"] = time.perf_counter() - started
     result["machine"]["quiet_checks"] = QUIET.log
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cni_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cni_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     table = render(result)
-    (RESULTS / "cni_bench.md").write_text(table)
+    (args.out / "cni_bench.md").write_text(table)
     print(table)
     if result["leftovers"]:
         print(f"LEFTOVERS: {result['leftovers']}", file=sys.stderr)
@@ -811,9 +821,9 @@ def render(r: dict) -> str:
     def met(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    lat = r["latency"]
     lines = [
-        f"# CNI benchmark: netplane vs reference bridge + host-local, median (min–max) of {r['runs']} runs",
+        "# CNI benchmark: netplane vs reference bridge + host-local"
+        + (f", median (min–max) of {r['runs']} runs" if "latency" in r else ""),
         "",
         f"{r['machine']['cpus']} CPUs, Linux {r['machine']['kernel']}, {r['machine']['reference_plugins']}; "
         f"load average at start {' '.join(r['machine']['loadavg_at_start'])}. Every call timed end to end as "
@@ -821,6 +831,28 @@ def render(r: dict) -> str:
         f"{r['pods']} pods per case. netplane's plugin: the {r.get('shim', '?')} shim "
         "(`netplane.cni.shim_path()`, installed by this script in a bin dir of its own).",
         "",
+    ]
+    if r.get("only", "all") != "all":
+        lines += [f"Partial run (`--only {r['only']}`): the other sections were not measured.", ""]
+    if "latency" in r:
+        lines += _render_latency(r, cell, met)
+    if "iperf3" in r:
+        lines += _render_iperf(r, cell, met)
+    lines += [
+        "Machine state before each measurement (others run tests on this 2-CPU machine): CPU busy "
+        + ", ".join(f"{q['cpu_busy']:.0%}" for q in r['machine'].get('quiet_checks', []))
+        + f"; other sandboxes seen: {sorted({o for q in r['machine'].get('quiet_checks', []) for o in q['other_sandboxes']}) or 'none'}.",
+        "",
+        f"Sandbox up {r['sandbox_up_s']:.1f} s; whole benchmark {r['elapsed_s']:.0f} s; leftovers after "
+        f"`netplane down`: {', '.join(r['leftovers']) or 'none'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _render_latency(r: dict, cell, met) -> list[str]:
+    lat = r["latency"]
+    lines = [
         "## ADD / DEL latency (ms)",
         "",
         "| case | verb | netplane p50 | reference p50 | ratio p50 | netplane p99 | reference p99 | ratio p99 "
@@ -927,10 +959,13 @@ def render(r: dict) -> str:
         if k in p:
             indent = "&nbsp;&nbsp;" if k.startswith(("wire_", "unwire_")) and not k.endswith("_total") else ""
             lines.append(f"| {indent}{k} | {p[k]:.2f} |")
+    return lines + [""]
+
+
+def _render_iperf(r: dict, cell, met) -> list[str]:
     io = r["iperf3"]
     ratio = io["ratio_overlay_to_underlay"]
-    lines += [
-        "",
+    return [
         f"## iperf3 TCP, one stream, {io['seconds']} s per run, median (min–max) of {io['runs']} runs (Gbit/s)",
         "",
         "| path | Gbit/s | ratio to underlay | CPU-s per GB (whole machine) | target |",
@@ -951,15 +986,7 @@ def render(r: dict) -> str:
         f"Overlay ÷ underlay run by run (each overlay run against the underlay run just before it): median "
         f"{io['ratio_per_run']['median']:.2f}× ({io['ratio_per_run']['min']:.2f}–{io['ratio_per_run']['max']:.2f}).",
         "",
-        "Machine state before each measurement (others run tests on this 2-CPU machine): CPU busy "
-        + ", ".join(f"{q['cpu_busy']:.0%}" for q in r['machine'].get('quiet_checks', []))
-        + f"; other sandboxes seen: {sorted({o for q in r['machine'].get('quiet_checks', []) for o in q['other_sandboxes']}) or 'none'}.",
-        "",
-        f"Sandbox up {r['sandbox_up_s']:.1f} s; whole benchmark {r['elapsed_s']:.0f} s; leftovers after "
-        f"`netplane down`: {', '.join(r['leftovers']) or 'none'}.",
-        "",
     ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
