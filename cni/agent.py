@@ -4,6 +4,8 @@ Data flow: apiserver → Node informer → (own podCIDR → IPAM; all Nodes → 
 shim → unix socket → CniHandler (IPAM + wiring). It runs inside the node's network namespace
 (hostNetwork on kind), so every netlink call without an explicit namespace acts on the node.
 Exiting leaves the datapath in place: pods keep their connectivity across agent restarts.
+With `--proxy iptables` it also hosts the service proxy (netplane.proxy.main.hosted): Services
+and EndpointSlices → iptables, on the agent's apiserver client, as `netplane proxy` would.
 """
 
 from __future__ import annotations
@@ -133,6 +135,13 @@ class Agent:
         self.overlay: VxlanOverlay | None = None
         self.pod_cidr: str | None = None
         self._peers = 0
+        # `--proxy iptables`: the service proxy hosted here (netplane.proxy.main); built now so
+        # that bad proxy flags fail before the agent touches anything.
+        self.proxy = None
+        if args.proxy != "none":
+            from netplane.proxy.main import hosted
+
+            self.proxy = hosted(args)
         Gauge(self.registry, "netplane_ipam_allocated", "Pod IPs in use on this node", fn=self._ipam_used)
         Gauge(self.registry, "netplane_ipam_capacity", "Pod IPs this node can hand out", fn=self._ipam_capacity)
         Gauge(self.registry, "netplane_overlay_peers", "Remote nodes programmed in the VXLAN overlay",
@@ -155,15 +164,21 @@ class Agent:
         self.nodes.add_handler(on_add=lambda n: self._resync.set(), on_update=lambda a, b: self._resync.set(),
                                on_delete=lambda n: self._resync.set())
         self.nodes.start()
+        proxy = None
         try:
             self._bring_up()
             log.info("agent ready on node %s: podCIDR %s, MTU %d, VTEP %s", self.node_name, self.pod_cidr,
                      self.network.mtu, self.overlay.mac if self.overlay else "-")
+            if self.proxy is not None:
+                self.proxy.start(self.client)
+                proxy = self.proxy
             while not self.stopping.is_set():
                 self._reconcile()
                 signals.wait(self._resync, RESYNC_SECONDS)
                 self._resync.clear()
         finally:
+            if proxy is not None:
+                proxy.stop()
             self.nodes.stop()
             for srv in self._servers:
                 srv.shutdown()

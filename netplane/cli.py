@@ -120,6 +120,13 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtu", type=int, metavar="N", help="pod MTU (default: underlay MTU - 50)")
     p.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default: %(default)s)")
     p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default: %(default)s)")
+    proxy = p.add_argument_group("service proxy hosted in the agent (instead of a separate `netplane proxy`)")
+    proxy.add_argument("--proxy", choices=("none", "iptables"), default="none",
+                       help="run the kube-proxy replacement in this process, with --cluster-cidr as its "
+                       "local-traffic detector (default: %(default)s)")
+    proxy.add_argument("--proxy-metrics-addr", default="127.0.0.1:10249", metavar="ADDR:PORT",
+                       help="the proxy's Prometheus /metrics, kubeproxy_* names (default: %(default)s)")
+    _add_proxy_sync_options(proxy)
 
 
 def _add_dns(p: argparse.ArgumentParser) -> None:
@@ -143,15 +150,8 @@ def _add_dns(p: argparse.ArgumentParser) -> None:
                    "(default: the config's health lameduck)")
 
 
-def _add_proxy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("iptables", "ebpf"), default="iptables",
-                   help="dataplane backend (default: %(default)s; ebpf is not implemented yet)")
-    _add_kubeconfig(p)
-    p.add_argument("--node-name", metavar="NAME",
-                   help="this node's Node object name (required unless --cleanup)")
-    p.add_argument("--cluster-cidr", default="", metavar="CIDR",
-                   help="pod network: traffic to ClusterIPs from outside it is masqueraded "
-                   "(default: none, no local-traffic detection)")
+def _add_proxy_sync_options(p: argparse.ArgumentParser) -> None:
+    """The proxy's settings shared by `netplane proxy` and `netplane agent --proxy iptables`."""
     p.add_argument("--masquerade-all", action="store_true",
                    help="masquerade all traffic sent to ClusterIPs")
     p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
@@ -161,16 +161,28 @@ def _add_proxy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-period", default="30s", metavar="DURATION",
                    help="a sync happens at least this often; /healthz fails after 2x this "
                    "with changes pending (default: %(default)s)")
-    p.add_argument("--metrics-addr", default="127.0.0.1:10249", metavar="ADDR:PORT",
-                   help="Prometheus /metrics (default: %(default)s)")
     p.add_argument("--healthz-addr", default="0.0.0.0:10256", metavar="ADDR:PORT",
-                   help="/healthz and /livez (default: %(default)s)")
+                   help="the proxy's /healthz and /livez (default: %(default)s)")
     p.add_argument("--healthcheck-bind-address", default="0.0.0.0", metavar="ADDR",
                    help="address of the healthCheckNodePort servers of externalTrafficPolicy=Local "
                    "services (default: %(default)s)")
     p.add_argument("--iptables-mode", choices=("auto", "legacy", "nft"), default="auto",
                    help="iptables backend binaries; auto picks the mode already holding "
                    "Kubernetes/netplane rules, else the iptables alternative's (default: %(default)s)")
+
+
+def _add_proxy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("iptables", "ebpf"), default="iptables",
+                   help="dataplane backend (default: %(default)s; ebpf is not implemented yet)")
+    _add_kubeconfig(p)
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's Node object name (required unless --cleanup)")
+    p.add_argument("--cluster-cidr", default="", metavar="CIDR",
+                   help="pod network: traffic to ClusterIPs from outside it is masqueraded "
+                   "(default: none, no local-traffic detection)")
+    p.add_argument("--metrics-addr", default="127.0.0.1:10249", metavar="ADDR:PORT",
+                   help="Prometheus /metrics (default: %(default)s)")
+    _add_proxy_sync_options(p)
     p.add_argument("--cleanup", action="store_true",
                    help="remove every iptables chain and jump netplane's proxy owns (with auto: in "
                    "both modes), print what was removed and exit")

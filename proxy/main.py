@@ -8,6 +8,9 @@ Data flow: informers (Services, EndpointSlices, the own Node) → config.py fan-
 kube-proxy does: a restart must not break established connections, and the restarted process
 rewrites everything on its first (full) sync anyway. `--cleanup` removes everything netplane's
 proxy owns in iptables and exits.
+
+`netplane agent --proxy iptables` hosts the same ProxyServer in the agent process
+(`hosted`): one DaemonSet on kind, sharing the agent's apiserver client and lifecycle.
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ class ProxyServer:
             metrics=self.metrics, proxy_health=self.health, service_health=self.service_health)
         self.mode = mode
         self.stopping = threading.Event()
+        self._servers: list = []
+        self._informers: list[Informer] = []
+        self._sync_thread: threading.Thread | None = None
 
     def _start_http(self) -> list:
         from netplane.proxy.healthcheck import HttpServer, serve_proxy_health
@@ -117,45 +123,54 @@ class ProxyServer:
                 HttpServer(self.metrics_addr, metrics_route, "proxy metrics")]
 
     def run(self) -> int:
+        """`netplane proxy`: serve until SIGTERM/SIGINT."""
+        signals.stop_on_signals(self.stopping)
+        try:
+            self.start(Client(load_config(self.args.kubeconfig)))
+            signals.wait(self.stopping)
+            log.info("stopping; the rules stay in place")
+        finally:
+            self.stop()
+        return 0
+
+    def start(self, client: Client) -> None:
+        """Informers, HTTP servers and the sync thread, on `client` (the agent passes its own
+        when it hosts the proxy). Returns once started; stop() undoes it."""
         from netplane.proxy.config import (
             ENDPOINT_SLICE_LABEL_SELECTOR,
             SERVICE_LABEL_SELECTOR,
             connect_informers,
         )
 
-        signals.stop_on_signals(self.stopping)
         name = self.args.node_name
-        servers = self._start_http()
-        client = Client(load_config(self.args.kubeconfig))
+        self._servers = self._start_http()
         services = Informer(client, SERVICES_PATH, Service.from_dict,
                             label_selector=SERVICE_LABEL_SELECTOR, name="proxy-services")
         slices = Informer(client, SLICES_PATH, EndpointSlice.from_dict,
                           label_selector=ENDPOINT_SLICE_LABEL_SELECTOR, name="proxy-endpointslices")
         nodes = Informer(client, NODES_PATH, Node.from_dict,
                          field_selector=f"metadata.name={name}", name="proxy-node")
-        informers = [nodes, services, slices]
+        self._informers = [nodes, services, slices]
         connect_informers(self.proxier, services, slices, nodes, name, stop=self.stopping)
-        sync_thread = threading.Thread(target=self.proxier.sync_loop, args=(self.stopping,),
-                                       name="proxy sync", daemon=True)
-        try:
-            for informer in informers:
-                informer.start()
-            self._wait_for_node(nodes)
-            sync_thread.start()
-            log.info("proxy started: node %s, backend iptables (%s mode), metrics on %s:%d, "
-                     "healthz on %s:%d", name, self.mode, *self.metrics_addr, *self.healthz_addr)
-            signals.wait(self.stopping)
-            log.info("stopping; the rules stay in place")
-        finally:
-            self.stopping.set()
-            for informer in informers:
-                informer.stop()
-            if sync_thread.is_alive():
-                sync_thread.join(30.0)
-            self.service_health.close()
-            for server in servers:
-                server.close()
-        return 0
+        self._sync_thread = threading.Thread(target=self.proxier.sync_loop, args=(self.stopping,),
+                                             name="proxy sync", daemon=True)
+        for informer in self._informers:
+            informer.start()
+        self._wait_for_node(nodes)
+        self._sync_thread.start()
+        log.info("proxy started: node %s, backend iptables (%s mode), metrics on %s:%d, "
+                 "healthz on %s:%d", name, self.mode, *self.metrics_addr, *self.healthz_addr)
+
+    def stop(self) -> None:
+        """Stop watching and syncing; the rules stay, so connections survive a restart."""
+        self.stopping.set()
+        for informer in self._informers:
+            informer.stop()
+        if self._sync_thread is not None and self._sync_thread.is_alive():
+            self._sync_thread.join(30.0)
+        self.service_health.close()
+        for server in self._servers:
+            server.close()
 
     def _wait_for_node(self, nodes: Informer[Node]) -> None:
         """The own Node gives the zone (topology hints) and node IPs; do not sync without it if it
@@ -188,6 +203,22 @@ def _cleanup(mode: str) -> int:
     return 0
 
 
+def _iptables_mode(requested: str) -> str:
+    from netplane.proxy.iptables.port import detect_mode
+
+    return detect_mode() if requested == "auto" else requested
+
+
+def hosted(agent_args: argparse.Namespace) -> ProxyServer:
+    """The proxy inside `netplane agent --proxy iptables`: the same settings under the agent's
+    flags (--proxy-metrics-addr for its metrics, --cluster-cidr as the local-traffic detector).
+    Built (and its settings checked) before the agent does anything; the agent then calls
+    start() with its own apiserver client and stop() when it exits."""
+    settings = argparse.Namespace(**vars(agent_args))
+    settings.metrics_addr = agent_args.proxy_metrics_addr
+    return ProxyServer(settings, _iptables_mode(agent_args.iptables_mode))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.backend == "ebpf":
         raise ConfigError("--backend ebpf: not implemented yet; use --backend iptables")
@@ -195,7 +226,4 @@ def run(args: argparse.Namespace) -> int:
         return _cleanup(args.iptables_mode)
     if not args.node_name:
         raise ConfigError("--node-name is required")
-    from netplane.proxy.iptables.port import detect_mode
-
-    mode = detect_mode() if args.iptables_mode == "auto" else args.iptables_mode
-    return ProxyServer(args, mode).run()
+    return ProxyServer(args, _iptables_mode(args.iptables_mode)).run()

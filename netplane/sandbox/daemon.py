@@ -27,6 +27,8 @@ from netplane.errors import ApiError, ConflictError, NetplaneError
 from netplane.k8s import Client, Informer, load_kubeconfig, resource_path, write_kubeconfig
 from netplane.sandbox import network
 from netplane.sandbox.names import ClusterNames
+from netplane.sandbox.node_proxy import HEALTHZ_PORT as PROXY_HEALTHZ_PORT
+from netplane.sandbox.node_proxy import METRICS_PORT as PROXY_METRICS_PORT
 from netplane.sandbox.nsutil import listening_socket_in
 from netplane.sandbox.state import write_state
 from netplane.sandbox.topology import Topology
@@ -240,10 +242,13 @@ class Cluster:
                                 socket=socket_path, state_dir=os.path.join(node_dir, "cni-state"),
                                 conf_dir=conf_dir, bin_dir=bin_dir,
                                 metrics_addr=f"{self.plan.nodes[node]}:9650",
-                                cluster_cidr=self.topology.cluster_cidr)
+                                cluster_cidr=self.topology.cluster_cidr,
+                                proxy_metrics_addr=(f"{self.plan.nodes[node]}:{PROXY_METRICS_PORT}"
+                                                    if self.topology.proxy == "agent" else None))
             agent = SupervisedAgent(node, ["ip", "netns", "exec", self.names.node(node), *cmd],
                                     log_path=os.path.join(node_dir, "agent.log"),
-                                    cgroup=self.names.node_cgroup(node))
+                                    cgroup=self.names.node_cgroup(node),
+                                    pid_file=os.path.join(node_dir, "agent.pid"))
             agents.append(agent)
             agent.start()
         for agent in agents:
@@ -266,9 +271,12 @@ class Cluster:
             self._pause(0.2)
 
     def _start_proxies(self) -> list[SupervisedAgent]:
-        """`proxy: iptables`: a supervised `netplane proxy` per node (node_proxy.py)."""
+        """`proxy: iptables`: a supervised `netplane proxy` per node (node_proxy.py). With
+        `proxy: agent` the agents already run it: they are the processes to wait for."""
         if self.topology.proxy == "none":
             return []
+        if self.topology.proxy == "agent":
+            return list(self.agents.values())
         from netplane.sandbox.node_proxy import start_node_proxies
 
         self.proxies = start_node_proxies(self.names, backend=self.topology.proxy, node_ips=dict(self.plan.nodes),
@@ -281,8 +289,11 @@ class Cluster:
             return
         from netplane.sandbox.node_proxy import wait_proxies_healthy
 
+        from netplane.sandbox.node_proxy import LOG_FILE
+
         wait_proxies_healthy(self.names, proxies, dict(self.plan.nodes),
-                             timeout=max(1.0, min(30.0, self.deadline - time.monotonic())), pause=self._pause)
+                             timeout=max(1.0, min(30.0, self.deadline - time.monotonic())), pause=self._pause,
+                             log_file="agent.log" if self.topology.proxy == "agent" else LOG_FILE)
 
     def _start_cluster_dns(self) -> None:
         """`dns: true`: kube-dns Service + DNS pods (+ the upstream test host), Ready before the
@@ -419,11 +430,18 @@ class Cluster:
 
 
 def agent_command(node: str, *, kubeconfig: str, socket: str, state_dir: str, conf_dir: str,
-                  bin_dir: str, metrics_addr: str, cluster_cidr: str) -> list[str]:
-    """The `netplane agent` command line: the same flags the kind DaemonSet uses."""
-    return [sys.executable, "-m", "netplane", "agent", "--node-name", node, "--kubeconfig", kubeconfig,
-            "--socket", socket, "--state-dir", state_dir, "--cni-conf-dir", conf_dir,
-            "--cni-bin-dir", bin_dir, "--metrics-addr", metrics_addr, "--cluster-cidr", cluster_cidr]
+                  bin_dir: str, metrics_addr: str, cluster_cidr: str,
+                  proxy_metrics_addr: str | None = None) -> list[str]:
+    """The `netplane agent` command line: the same flags the kind DaemonSet uses; with
+    `proxy_metrics_addr` the agent also hosts the service proxy (topology `proxy: agent`), on
+    kube-proxy's ports as node_proxy.py runs it."""
+    cmd = [sys.executable, "-m", "netplane", "agent", "--node-name", node, "--kubeconfig", kubeconfig,
+           "--socket", socket, "--state-dir", state_dir, "--cni-conf-dir", conf_dir,
+           "--cni-bin-dir", bin_dir, "--metrics-addr", metrics_addr, "--cluster-cidr", cluster_cidr]
+    if proxy_metrics_addr is not None:
+        cmd += ["--proxy", "iptables", "--proxy-metrics-addr", proxy_metrics_addr,
+                "--healthz-addr", f"0.0.0.0:{PROXY_HEALTHZ_PORT}"]
+    return cmd
 
 
 def _in_parallel(steps: list[Callable[[], None]]) -> None:

@@ -90,25 +90,25 @@ def start_node_proxies(names: ClusterNames, *, backend: str, node_ips: dict[str,
 
 
 def wait_proxies_healthy(names: ClusterNames, proxies: Sequence, node_ips: dict[str, str], *,
-                         timeout: float, pause: Callable[[float], None]) -> None:
+                         timeout: float, pause: Callable[[float], None], log_file: str = LOG_FILE) -> None:
     """Wait until every node's proxy is healthy and has programmed its first sync; fail naming
     the node and the end of its log when one exits or stays unhealthy."""
     deadline = time.monotonic() + timeout
     waiting = {p.node: p for p in proxies}
     while waiting:
         for node, proxy in list(waiting.items()):
-            log_path = os.path.join(names.node_dir(node), LOG_FILE)
+            log_path = os.path.join(names.node_dir(node), log_file)
             if proxy.proc is not None and proxy.proc.poll() is not None and proxy.restarts == 0:
-                raise NetplaneError(f"netplane proxy on {node} exited ({proxy.proc.returncode}): "
+                raise NetplaneError(f"the proxy on {node} exited ({proxy.proc.returncode}): "
                                     f"{_tail(log_path)}")
             if _synced(names.node(node), node_ips[node]):
                 del waiting[node]
         if not waiting:
             return
         if time.monotonic() > deadline:
-            raise NetplaneError(f"netplane proxy not healthy after {timeout:.0f}s on "
+            raise NetplaneError(f"proxy not healthy after {timeout:.0f}s on "
                                 f"{', '.join(sorted(waiting))}; last log lines: " +
-                                "; ".join(f"{n}: {_tail(os.path.join(names.node_dir(n), LOG_FILE))}"
+                                "; ".join(f"{n}: {_tail(os.path.join(names.node_dir(n), log_file))}"
                                           for n in sorted(waiting)))
         pause(0.2)
 

@@ -50,7 +50,9 @@ DEFAULT_PROXY = "none"
 DEFAULT_DNS = False
 
 CNI_CHOICES = ("bridge", "netplane")
-PROXY_CHOICES = ("none", "iptables", "ebpf")
+# "agent": the iptables proxy hosted in each node's netplane agent (`netplane agent --proxy
+# iptables`, one DaemonSet on kind); "iptables": a separate `netplane proxy` per node.
+PROXY_CHOICES = ("none", "iptables", "agent", "ebpf")
 MTU_MIN, MTU_MAX = 576, 9000  # IPv4's minimum datagram size; common jumbo-frame ceiling
 MAX_NAME_LEN = 12  # node and host names end up in interface names (IFNAMSIZ: 15 characters)
 MAX_NODES = 1000  # a sandbox lives on one machine; also bounds the list `nodes: N` expands to
@@ -503,6 +505,9 @@ def _build(data: Any, doc: _Doc, base_dir: Path) -> Topology:
     cni = DEFAULT_CNI if top.get("cni") is None else _choice(doc, ("cni",), top["cni"], CNI_CHOICES)
     proxy = (DEFAULT_PROXY if top.get("proxy") is None
              else _choice(doc, ("proxy",), top["proxy"], PROXY_CHOICES))
+    if proxy == "agent" and cni != "netplane":
+        doc.fail(("proxy",), f"'agent' hosts the proxy in netplane's CNI agent, which cni: {cni} does "
+                 "not run; use 'iptables' (a netplane proxy process per node)")
     dns = DEFAULT_DNS if top.get("dns") is None else _bool(doc, ("dns",), top["dns"])
     manifests = _all_manifests(doc, top, base_dir)
     return Topology(

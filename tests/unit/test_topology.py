@@ -392,8 +392,10 @@ ERRORS = [
      "9216 is out of range: must be between 576 and 9000"),
     ("nodes: 1\nnetwork:\n  underlay: {mtu: 500}\n", 3, "network.underlay.mtu", "out of range"),
     ("nodes: 1\ncni: calico\n", 2, "cni", 'unknown value "calico" (one of: bridge, netplane)'),
-    ("nodes: 1\nproxy: ipvs\n", 2, "proxy", 'unknown value "ipvs" (one of: none, iptables, ebpf)'),
-    ("nodes: 1\nproxy: false\n", 2, "proxy", "must be a string (one of: none, iptables, ebpf)"),
+    ("nodes: 1\nproxy: ipvs\n", 2, "proxy", 'unknown value "ipvs" (one of: none, iptables, agent, ebpf)'),
+    ("nodes: 1\nproxy: false\n", 2, "proxy", "must be a string (one of: none, iptables, agent, ebpf)"),
+    ("nodes: 1\ncni: bridge\nproxy: agent\n", 3, "proxy",
+     "'agent' hosts the proxy in netplane's CNI agent, which cni: bridge does not run"),
     # manifests
     ("nodes: 1\nmanifests: {kind: Pod}\n", 2, "manifests", "must be a list, not a mapping"),
     ("nodes: 1\nmanifests:\n  - just text\n", 3, "manifests[0]",
