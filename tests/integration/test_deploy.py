@@ -337,6 +337,9 @@ SANDBOX_ONLY_FLAGS = {
     "--kubeconfig": "in the cluster the agent uses its service account",
     "--state-dir": "the default (/run/netplane/cni) is on the /run/netplane mount",
     "--cluster-cidr": "the default is kind-config.yaml's podSubnet (checked below)",
+    "--proxy-metrics-addr": "the sandbox binds it on the node's underlay IP; kube-proxy's default "
+                            "127.0.0.1:10249 is right on kind",
+    "--healthz-addr": "the sandbox spells out kube-proxy's default 0.0.0.0:10256",
 }
 
 
@@ -345,9 +348,10 @@ def test_daemonset_and_sandbox_run_the_same_agent_flags() -> None:
     agent_command = getattr(daemon, "agent_command", None)
     if agent_command is None:
         pytest.skip("the sandbox does not start `netplane agent` yet (no agent_command)")
+    # The DaemonSet hosts the service proxy in the agent: the sandbox's `proxy: agent` form.
     sandbox = agent_command("node-1", kubeconfig="/k", socket="/s/agent.sock", state_dir="/s/cni",
                             conf_dir="/s/net.d", bin_dir="/s/bin", metrics_addr="10.0.0.1:9650",
-                            cluster_cidr="10.244.0.0/16")
+                            cluster_cidr="10.244.0.0/16", proxy_metrics_addr="10.0.0.1:10249")
     assert "agent" in sandbox and sandbox[sandbox.index("agent") - 1] == "netplane", sandbox
     argv = agent_argv()
     ds_flags = {a for a in argv[2:] if a.startswith("--")}
@@ -361,3 +365,19 @@ def test_daemonset_and_sandbox_run_the_same_agent_flags() -> None:
     defaults = build_parser().parse_args(argv[1:])
     (kind_cfg,) = documents(DEPLOY / "kind-config.yaml")
     assert defaults.cluster_cidr == kind_cfg["networking"]["podSubnet"]
+
+
+def test_the_agent_replaces_kube_proxy_on_kind() -> None:
+    """The DaemonSet hosts the service proxy, kind runs no kube-proxy, and the agent reaches the
+    apiserver without the `kubernetes` ClusterIP (which only its own proxy would program)."""
+    from netplane.cli import build_parser
+
+    args = build_parser().parse_args(agent_argv()[1:])
+    assert args.proxy == "iptables"
+    (kind_cfg,) = documents(DEPLOY / "kind-config.yaml")
+    assert kind_cfg["networking"].get("kubeProxyMode") == "none"
+    env = {e["name"]: e.get("value") for e in container("agent")["env"]}
+    assert env.get("KUBERNETES_SERVICE_HOST") == f"{kind_cfg['name']}-control-plane"
+    assert env.get("KUBERNETES_SERVICE_PORT") == "6443"
+    ports = {p["name"]: p["containerPort"] for p in container("agent")["ports"]}
+    assert ports["proxy-healthz"] == int(args.healthz_addr.rpartition(":")[2])
