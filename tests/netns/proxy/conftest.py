@@ -343,6 +343,12 @@ class ProxyCluster:
         eventually(synced, timeout=timeout, what=f"proxy on {node} healthy and synced")
 
 
+def spread(summary: dict, names: set[str], at_least: int = 10) -> None:
+    """Every connection answered, by exactly `names`, each at least `at_least` times."""
+    assert summary["ok"] == sum(summary["endpoints"].values()) and not summary["errors"], summary
+    assert set(summary["endpoints"]) == names and min(summary["endpoints"].values()) >= at_least, summary
+
+
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
     """The value of one Prometheus sample (labels must match exactly those given, in any order)."""
     for line in text.splitlines():
@@ -392,6 +398,7 @@ def kit() -> Any:
 
     return types.SimpleNamespace(
         server_pod=server_pod, client_pod=client_pod, service=service, endpoint_slice=endpoint_slice,
-        endpoint=endpoint, eventually=eventually, metric_value=metric_value, PY=PY, SERVERS=SERVERS,
+        endpoint=endpoint, eventually=eventually, metric_value=metric_value, spread=spread,
+        PY=PY, SERVERS=SERVERS,
         TCP_PORT=TCP_PORT, TCP_ALT_PORT=TCP_ALT_PORT, UDP_PORT=UDP_PORT,
     )

@@ -48,11 +48,6 @@ def listener_pids(cluster, node: str, port: int) -> set[int]:
     return {int(p) for p in re.findall(r"pid=(\d+)", out)}
 
 
-def spread(summary: dict, names: set[str], at_least: int = 10) -> None:
-    assert summary["ok"] == sum(summary["endpoints"].values()) and not summary["errors"], summary
-    assert set(summary["endpoints"]) == names and min(summary["endpoints"].values()) >= at_least, summary
-
-
 def test_services_work_with_the_proxy_inside_the_agent(cluster, env, kit):
     for node in ("node1", "node2"):
         assert not os.path.exists(os.path.join(cluster.names.node_dir(node), "proxy.pid"))
@@ -63,12 +58,12 @@ def test_services_work_with_the_proxy_inside_the_agent(cluster, env, kit):
         assert kit.metric_value(cluster.metrics(node), "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
     # ClusterIP from pods on both nodes and from a node: both endpoints, pod sources kept.
     for where in ("pod/cli1", "pod/cli2", "node/node1"):
-        spread(cluster.connect(where, env["ip"], 80, n=60), {"h1", "h2"})
+        kit.spread(cluster.connect(where, env["ip"], 80, n=60), {"h1", "h2"})
     kept = cluster.connect("pod/cli1", env["ip"], 80, n=20)
     assert kept["peers"] == {cluster.pod_ip("cli1"): 20}, kept
     # NodePort from the external host: both endpoints, masqueraded (Cluster policy).
     outside = cluster.connect("host/client", cluster.node_ip("node1"), env["node_port"], n=60)
-    spread(outside, {"h1", "h2"})
+    kit.spread(outside, {"h1", "h2"})
     assert outside["peers"] and cluster.host_ip("client") not in outside["peers"], outside
 
 
@@ -85,4 +80,4 @@ def test_agent_restart_keeps_an_open_connection_and_the_rules(cluster, env, kit)
     out, err = hold.communicate(timeout=60)
     result = json.loads(out)
     assert result["failures"] == 0 and not result["closed"] and result["probes"] >= 20, (result, err)
-    spread(cluster.connect("pod/cli2", env["ip"], 80, n=60), {"h1", "h2"})
+    kit.spread(cluster.connect("pod/cli2", env["ip"], 80, n=60), {"h1", "h2"})
