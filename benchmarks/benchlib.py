@@ -1,4 +1,4 @@
-"""Helpers every benchmark here uses: statistics, RSS, and waiting for an idle machine.
+"""Helpers every benchmark here uses: statistics, RSS, CPU time, and waiting for an idle machine.
 
 Benchmarks are scripts run by hand (`.venv/bin/python benchmarks/X.py`), so this is imported as
 a sibling module (the script's own directory is on sys.path), not as part of netplane.
@@ -6,6 +6,8 @@ a sibling module (the script's own directory is on sys.path), not as part of net
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -36,15 +38,40 @@ def rss_mb(pids: Iterable[int]) -> float:
     return total / 1024
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all CPUs, since boot (/proc/stat). Busy is
+    user + nice + system + irq + softirq + steal."""
+    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / tick, sum(f) / tick
+
+
 def cpu_busy(interval: float = 0.5) -> float:
-    """Fraction of all CPUs busy over `interval` seconds (/proc/stat)."""
-    def sample() -> tuple[int, int]:
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return f[0] + f[1] + f[2] + f[5] + f[6] + f[7], sum(f)
-    b0, t0 = sample()
+    """Fraction of all CPUs busy over `interval` seconds."""
+    b0, t0 = machine_cpu_seconds()
     time.sleep(interval)
-    b1, t1 = sample()
-    return (b1 - b0) / max(1, t1 - t0)
+    b1, t1 = machine_cpu_seconds()
+    return (b1 - b0) / max(1e-9, t1 - t0)
+
+
+def process_cpu_seconds(pids: Iterable[int], *, waited_children: bool = False) -> float:
+    """utime + stime of the processes, all their threads (/proc/PID/stat; gone ones count 0);
+    with `waited_children`, plus the CPU of children they have waited for (cutime + cstime)."""
+    last = 15 if waited_children else 13
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:last])  # stat fields 14-15 (and 16-17)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's waited-for descendants (getrusage RUSAGE_CHILDREN)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Quiet:

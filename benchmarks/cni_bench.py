@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import re
-import resource
 import secrets
 import statistics
 import subprocess
@@ -58,7 +57,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Quiet, pct, rss_mb, summary  # noqa: E402
+from benchlib import (  # noqa: E402
+    Quiet, children_cpu_seconds, machine_cpu_seconds, pct, process_cpu_seconds, rss_mb, summary,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -252,16 +253,14 @@ def timed_calls(calls: list, parallel: int) -> list[float]:
 
 def children_cpu_ms() -> float:
     """CPU time of this process's waited-for descendants (the plugins and all they ran)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (ru.ru_utime + ru.ru_stime) * 1000
+    return children_cpu_seconds() * 1000
 
 
 def proc_cpu_ms(pid: int | None) -> float:
     """utime + stime of a process (all threads) and of its waited-for children (pyroute2's forks)."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) * 1000 / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds([pid], waited_children=True) * 1000
 
 
 def measure(sb: Sandbox, runner, count: int, parallel: int, node: str | None) -> dict:
@@ -612,10 +611,8 @@ def child_profile(ipam_dir: str, namespaces: list[str]) -> dict:
 
 
 def busy_cpu_s() -> float:
-    """Busy CPU time of the whole machine (all CPUs) from /proc/stat."""
-    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    """Busy CPU time of the whole machine (all CPUs)."""
+    return machine_cpu_seconds()[0]
 
 
 def iperf(server_ns: str, client_ns: str, server_ip: str, seconds: int, extra: tuple = ()) -> tuple[float, float]:

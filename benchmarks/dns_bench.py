@@ -45,7 +45,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -60,7 +59,7 @@ from pathlib import Path
 import dnslib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Quiet, pct, rss_mb, summary  # noqa: E402
+from benchlib import Quiet, children_cpu_seconds, pct, process_cpu_seconds, rss_mb, summary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -303,23 +302,6 @@ def check_answers(server: Server, queries: list[tuple[str, str, str]], ips: dict
             if not ok:
                 wrong.append(f"{name} {qtype}: rcode {dnslib.RCODE.get(r.header.rcode)} {[str(x.rdata) for x in r.rr]}")
     return {"checked": checked, "wrong": len(wrong), "examples": wrong[:5]}
-
-
-def process_cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes (all their threads; gone ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def dnsperf(port: int, datafile: Path, seconds: float, *, qps: int | None = None, verbose: bool = False,
