@@ -164,21 +164,19 @@ class Agent:
         self.nodes.add_handler(on_add=lambda n: self._resync.set(), on_update=lambda a, b: self._resync.set(),
                                on_delete=lambda n: self._resync.set())
         self.nodes.start()
-        proxy = None
         try:
             self._bring_up()
             log.info("agent ready on node %s: podCIDR %s, MTU %d, VTEP %s", self.node_name, self.pod_cidr,
                      self.network.mtu, self.overlay.mac if self.overlay else "-")
             if self.proxy is not None:
                 self.proxy.start(self.client)
-                proxy = self.proxy
             while not self.stopping.is_set():
                 self._reconcile()
                 signals.wait(self._resync, RESYNC_SECONDS)
                 self._resync.clear()
         finally:
-            if proxy is not None:
-                proxy.stop()
+            if self.proxy is not None:
+                self.proxy.stop()  # also undoes a start() that failed half-way; a no-op if never started
             self.nodes.stop()
             for srv in self._servers:
                 srv.shutdown()
