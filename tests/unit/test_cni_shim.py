@@ -626,6 +626,17 @@ def test_same_output_from_both_shims(runner, c_shim: Path, sockdir: Path, name: 
 # --------------------------------------------------------------------------- HTTP edge cases
 
 
+def _read_request(conn: socket.socket) -> None:
+    """Read one HTTP request (head, then a Content-Length body) from a shim's connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
 def _raw_server(sock: str, answer: bytes, backlog: int = 5):
     """A unix server that reads one request (headers + Content-Length body) and writes `answer`
     verbatim, then closes: for replies http.server would not produce."""
@@ -640,13 +651,7 @@ def _raw_server(sock: str, answer: bytes, backlog: int = 5):
             except OSError:
                 return
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
-                while len(body) < length:
-                    body += conn.recv(65536)
+                _read_request(conn)
                 conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
@@ -699,13 +704,7 @@ def test_c_shim_waits_when_the_agent_backlog_is_full(runner, c_shim: Path, sockd
         for _ in procs:
             conn, _ = srv.accept()
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
-                while len(body) < length:
-                    body += conn.recv(65536)
+                _read_request(conn)
                 conn.sendall(answer)
         results = [(p.wait(10), p.stdout.read()) for p in procs]  # type: ignore[union-attr]
     finally:
