@@ -16,7 +16,11 @@ plugin run through `ip netns exec <node>`):
    Pod namespaces are made here with the sandbox's prefix (np-cnib-p-<hex>, so `netplane down`
    would find leftovers) and deleted after each measurement. The two plugins alternate which goes
    first from run to run. For netplane, the agent's own handle time comes from its /metrics
-   histogram (netplane_cni_request_duration_seconds sum/count, delta over each phase).
+   histogram (netplane_cni_request_duration_seconds sum/count, delta over each phase). netplane
+   answers a DEL before its veth is deleted (netplane.cni.teardown): after the DELs the script
+   waits until the agent reports no teardown running, and reports how long the teardowns took
+   (netplane_cni_teardown_duration_seconds) and when the last one ended; the agent's CPU for DEL
+   includes them.
 2. Where one netplane ADD spends its time: the exec prefix, the shim (the C one and, for
    comparison, the bash one on the same agent), the agent's handler (its /metrics), and the
    handler split into IPAM, the namespace socket, the netlink requests and the waits (veth
@@ -146,7 +150,9 @@ class Sandbox:
             self.pod_netns.discard(ns)
 
     def agent_metrics(self, node: str) -> dict[str, tuple[float, int]]:
-        """{verb: (sum seconds, count)} of netplane_cni_request_duration_seconds."""
+        """{verb: (sum seconds, count)} of netplane_cni_request_duration_seconds, plus "TEARDOWN":
+        the same of netplane_cni_teardown_duration_seconds (a deferred DEL's veth deletion and IP
+        release after its answer) and "PENDING": (teardowns still running, 0)."""
         text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
                    f"http://{self.node_ip(node)}:9650/metrics"]).stdout
         out: dict[str, list] = {}
@@ -154,7 +160,19 @@ class Sandbox:
                              text, re.M):
             kind, verb, value = m.groups()
             out.setdefault(verb, [0.0, 0])[0 if kind == "sum" else 1] = float(value)
+        for m in re.finditer(r"^netplane_cni_teardown_duration_seconds_(sum|count) (\S+)$", text, re.M):
+            out.setdefault("TEARDOWN", [0.0, 0])[0 if m.group(1) == "sum" else 1] = float(m.group(2))
+        pending = re.search(r"^netplane_cni_deferred_deletes (\S+)$", text, re.M)
+        out["PENDING"] = [float(pending.group(1)) if pending else 0.0, 0]
         return {k: (v[0], int(v[1])) for k, v in out.items()}
+
+    def wait_teardowns(self, node: str, timeout: float = 60.0) -> None:
+        """Until the agent has no deferred DEL teardown running (so the next phase starts clean)."""
+        deadline = time.monotonic() + timeout
+        while self.agent_metrics(node)["PENDING"][0]:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the agent on {node} still has DEL teardowns running after {timeout:.0f} s")
+            time.sleep(0.01)
 
     def spooled(self, node: str) -> int:
         """DELs the shim recorded because the agent was unreachable (files in its spool dir)."""
@@ -311,8 +329,11 @@ def measure(sb: Sandbox, runner, count: int, parallel: int, node: str | None) ->
             raise SystemExit(f"expected {count} distinct pod IPs, got {len(ips)}")
         c1b, a1b, w1b = children_cpu_ms(), proc_cpu_ms(agent), time.perf_counter()
         del_ms = timed_calls([delete(i) for i in range(count)], parallel)
-        c2, a2, w2 = children_cpu_ms(), proc_cpu_ms(agent), time.perf_counter()
+        c2, w2 = children_cpu_ms(), time.perf_counter()
         added.clear()
+        if node:  # netplane answers a DEL before its veth is gone (netplane.cni.teardown)
+            sb.wait_teardowns(node)
+        a2, w3 = proc_cpu_ms(agent), time.perf_counter()
         m2 = sb.agent_metrics(node) if node else {}
         spooled = sb.spooled(node) if node else 0
     finally:
@@ -324,12 +345,14 @@ def measure(sb: Sandbox, runner, count: int, parallel: int, node: str | None) ->
                 print(f"cleanup DEL {cid[:12]}: {e}", file=sys.stderr)
         sb.drop_pods(nss)
     out = {"add_ms": add_ms, "del_ms": del_ms, "add_wall_s": w1 - w0, "del_wall_s": w2 - w1b,
+           "del_settled_s": w3 - w1b,
            "add_pods_retried": sum(1 for r in retries if r), "add_failed_attempts": sum(retries),
            "add_errors": sorted(set(errors)), "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]), "dels_spooled": spooled - spooled0 if node else 0,
            "plugin_cpu_add_ms": (c1 - c0) / count, "plugin_cpu_del_ms": (c2 - c1b) / count}
     if node:
         out["agent_add_ms"] = metrics_delta(m0, m1, "ADD")
         out["agent_del_ms"] = metrics_delta(m1, m2, "DEL")
+        out["agent_teardown_ms"] = metrics_delta(m1, m2, "TEARDOWN") or 0.0
         out["agent_cpu_add_ms"] = (a1 - a0) / count
         out["agent_cpu_del_ms"] = (a2 - a1b) / count
     return out
@@ -354,7 +377,8 @@ def latency(sb: Sandbox, runners: dict, args) -> dict:
                       + (f" | {res['add_pods_retried']} ADDs retried ({res['add_failed_attempts']} failed attempts)"
                          if res["add_failed_attempts"] else "")
                       + f" | plugin CPU/call ADD {res['plugin_cpu_add_ms']:.1f} DEL {res['plugin_cpu_del_ms']:.1f}"
-                      + (f" | agent ADD {res['agent_add_ms']:.1f} DEL {res['agent_del_ms']:.1f} ms,"
+                      + (f" | agent ADD {res['agent_add_ms']:.1f} DEL {res['agent_del_ms']:.1f} ms"
+                         f" (teardown {res['agent_teardown_ms']:.1f} ms after it),"
                          f" CPU/call {res['agent_cpu_add_ms']:.1f} / {res['agent_cpu_del_ms']:.1f}"
                          if impl == "netplane" else ""), flush=True)
     out: dict = {}
@@ -371,6 +395,9 @@ def latency(sb: Sandbox, runners: dict, args) -> dict:
                 if impl == "netplane":
                     d[f"agent_{verb}_mean_ms"] = summary([x[f"agent_{verb}_ms"] for x in runs])
                     d[f"agent_cpu_{verb}_ms"] = summary([x[f"agent_cpu_{verb}_ms"] for x in runs])
+            if impl == "netplane":
+                d["teardown_mean_ms"] = summary([x["agent_teardown_ms"] for x in runs])
+                d["del_settled_s"] = summary([x["del_settled_s"] for x in runs])
             d["add_pods_retried"] = summary([x["add_pods_retried"] for x in runs])
             d["add_failed_attempts"] = summary([x["add_failed_attempts"] for x in runs])
             d["add_errors"] = sorted({e for x in runs for e in x["add_errors"]})
@@ -448,6 +475,7 @@ def breakdown(sb: Sandbox, runners: dict, args) -> dict:
             rec(f"{label}_del", ms)
             if label == "shim":
                 rows["agent_del"].append(metrics_delta(m1, m2, "DEL"))
+            sb.wait_teardowns(node)  # the next call starts on an idle node
         finally:
             sb.drop_pods([ns])
 
@@ -894,7 +922,15 @@ def _render_latency(r: dict, cell, met) -> list[str]:
     lines += ["", "Wall time for all pods of a case (s, median): " + "; ".join(
         f"{'serial' if d['parallel'] == 1 else str(d['parallel']) + ' at a time'} {verb.upper()} netplane "
         f"{d['netplane'][f'{verb}_wall_s']['median']:.2f} / reference {d['reference'][f'{verb}_wall_s']['median']:.2f}"
-        for d in lat.values() for verb in ("add", "del")) + ".", ""]
+        for d in lat.values() for verb in ("add", "del")) + ".", "",
+        "netplane answers a DEL once it is recorded in the agent's DEL spool; the veth deletion and the IP "
+        "release follow on the agent's workers (netplane.cni.teardown). The time until they are done, which "
+        "the DEL rows above do not include: " + "; ".join(
+            f"{'serial' if d['parallel'] == 1 else str(d['parallel']) + ' at a time'}: teardown "
+            f"{cell(d['netplane']['teardown_mean_ms'])} ms after each answer (mean), every pod torn down "
+            f"{d['netplane']['del_settled_s']['median']:.2f} s after the first DEL "
+            f"(reference DELs done in {d['reference']['del_wall_s']['median']:.2f} s)"
+            for d in lat.values()) + ".", ""]
 
     b = r["breakdown"]
     m = b["median_ms"]

@@ -28,6 +28,7 @@ from netplane.cni.handler import CniHandler, NodeNetwork
 from netplane.cni.ipam import Allocation, IpamStore
 from netplane.cni.overlay import VxlanOverlay, compute_peers, node_annotations, own_vtep_mac
 from netplane.cni.protocol import CniRequest, parse_spooled_del, shim_reply
+from netplane.cni.teardown import SpoolJournal
 from netplane.cni import wiring
 from netplane import signals
 from netplane.errors import ConfigError, NetplaneError
@@ -38,6 +39,7 @@ from netplane.metrics import CONTENT_TYPE, Gauge, Registry
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 30.0
+TEARDOWN_DRAIN_SECONDS = 10.0  # on stop, for the answered DELs' veth deletions
 MASQ_CHAIN = "NETPLANE-CNI-MASQ"
 NOTRACK_CHAIN = "NETPLANE-CNI-NOTRACK"
 
@@ -129,7 +131,9 @@ class Agent:
         self.node_name: str = args.node_name
         self.registry = Registry()
         self.network = NodeNetwork(mtu=args.mtu or 1450)
-        self.handler = CniHandler(KernelDatapath(), self.network, self.registry)
+        self.handler = CniHandler(KernelDatapath(), self.network, self.registry,
+                                  teardown_journal=SpoolJournal(self.spool_dir()),
+                                  teardown_workers=args.teardown_workers)
         self.stopping = threading.Event()
         self._resync = threading.Event()
         self.overlay: VxlanOverlay | None = None
@@ -181,6 +185,8 @@ class Agent:
             for srv in self._servers:
                 srv.shutdown()
                 srv.server_close()
+            if not self.handler.drain_teardowns(TEARDOWN_DRAIN_SECONDS):
+                log.warning("stopping with DEL teardowns still running; they are replayed at the next start")
             try:
                 os.unlink(self.args.socket)
             except OSError:
@@ -288,10 +294,15 @@ class Agent:
         for alloc in self.network.ipam.gc(valid):
             log.info("released %s of %s/%s: its pod is gone", alloc.ip, alloc.container_id, alloc.ifname)
 
+    def spool_dir(self) -> str:
+        """Pending DELs: the shim's while we are unreachable, ours until their teardown is done."""
+        return os.environ.get("NETPLANE_CNI_SPOOL") or os.path.join(os.path.dirname(self.args.socket),
+                                                                    "cni-pending-del")
+
     def _replay_pending_deletes(self) -> None:
-        """DELs the shim recorded while we were unreachable (same directory rule as the shim)."""
-        spool = os.environ.get("NETPLANE_CNI_SPOOL") or os.path.join(os.path.dirname(self.args.socket),
-                                                                     "cni-pending-del")
+        """DELs the shim recorded while we were unreachable, and deferred ones a crash (or a
+        failed teardown) left behind (same directory rule as the shim)."""
+        spool = self.spool_dir()
         if not os.path.isdir(spool):
             return
         for entry in sorted(os.listdir(spool)):
@@ -301,6 +312,8 @@ class Agent:
             try:
                 with open(path, "rb") as f:
                     req = parse_spooled_del(f.read())
+                if self.handler.teardown_pending(req.container_id, req.ifname):
+                    continue  # ours, its worker is on it
                 ipam = self.network.ipam
                 since = ipam.reserved_since(req.container_id, req.ifname) if ipam else None
                 if since is not None and since > os.stat(path).st_mtime:

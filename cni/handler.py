@@ -2,7 +2,9 @@
 
 The handler turns one forwarded request (env + stdin, as the shim sends it) into the shim's reply
 (exit code + stdout JSON). The kernel work sits behind the `Datapath` port (real: wiring.py;
-tests: a fake), so verb semantics are tested without root.
+tests: a fake), so verb semantics are tested without root. With a `DeleteJournal`, a DEL is
+answered once recorded and its teardown runs on a worker (netplane.cni.teardown says why and
+what stays true).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any, Protocol
 from netplane.cni import errors as codes
 from netplane.cni.errors import CniError
 from netplane.cni.ipam import Allocation, IpamStore
-from netplane.cni.protocol import CniRequest, build_add_result, error_reply, parse_request, version_reply
+from netplane.cni.protocol import (
+    CniRequest, build_add_result, error_reply, parse_request, shim_request, version_reply,
+)
+from netplane.cni.teardown import DeferredTeardown, DeleteJournal
 from netplane.cni.wiring import WiredPod
 from netplane.metrics import Counter, Histogram, Registry
 
@@ -50,9 +55,14 @@ class NodeNetwork:
     ready_reason: str | None = "the agent is starting"  # None when ADD can be served
 
 
+# How long an ADD that found the pool exhausted, or a GC, waits for pending teardowns.
+TEARDOWN_WAIT_SECONDS = 10.0
+
+
 class CniHandler:
     def __init__(self, datapath: Datapath, network: NodeNetwork, registry: Registry,
-                 on_pod_change: Callable[[], None] | None = None):
+                 on_pod_change: Callable[[], None] | None = None, *,
+                 teardown_journal: DeleteJournal | None = None, teardown_workers: int = 16):
         self.datapath = datapath
         self.network = network
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -62,6 +72,9 @@ class CniHandler:
                                 "CNI requests handled by the agent, by verb and result", ("verb", "result"))
         self.latency = Histogram(registry, "netplane_cni_request_duration_seconds",
                                  "Time to handle a CNI request, by verb", ("verb",))
+        # None: a DEL tears down before it is answered.
+        self.deferred = (DeferredTeardown(self._del, teardown_journal, teardown_workers, registry)
+                         if teardown_journal is not None and teardown_workers > 0 else None)
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -83,7 +96,7 @@ class CniHandler:
                 req = lenient_del_request(env)
             version = req.cni_version
             verb = req.command
-            out = self._dispatch(req)
+            out = self._dispatch(req, env, stdin)
             self.requests.inc(verb, "success")
             return 0, out
         except CniError as e:
@@ -104,12 +117,30 @@ class CniHandler:
             self._del(req)
         self.requests.inc("DEL", "replayed")
 
-    def _dispatch(self, req: CniRequest) -> dict[str, Any] | None:
+    def drain_teardowns(self, timeout: float) -> bool:
+        """Wait for the deferred DELs' teardowns; False when some are still running after `timeout`."""
+        return self.deferred is None or self.deferred.drain(timeout)
+
+    def teardown_pending(self, container_id: str, ifname: str) -> bool:
+        return self.deferred is not None and self.deferred.is_pending((container_id, ifname))
+
+    def _dispatch(self, req: CniRequest, env: Mapping[str, str], stdin: bytes) -> dict[str, Any] | None:
         if req.command == "STATUS":
             return self._status()
         if req.command == "GC":
             return self._gc(req)
-        with self._key_lock(req.container_id, req.ifname):
+        lock = self._key_lock(req.container_id, req.ifname)
+        if req.command == "DEL" and self.deferred is not None:
+            lock.acquire()
+            # The worker releases the lock when the teardown is done (a later ADD of this key waits).
+            if self.deferred.submit(req, shim_request({**env, "CNI_COMMAND": "DEL"}, stdin), lock):
+                return None
+            try:
+                self._del(req)
+            finally:
+                lock.release()
+            return None
+        with lock:
             if req.command == "ADD":
                 return self._add(req)
             if req.command == "DEL":
@@ -134,7 +165,16 @@ class CniHandler:
     def _add(self, req: CniRequest) -> dict[str, Any]:
         ipam = self._ipam()
         mtu = int(req.config.get("mtu") or self.network.mtu)
-        alloc, reserved = ipam.reserve(req.container_id, req.ifname)
+        try:
+            alloc, reserved = ipam.reserve(req.container_id, req.ifname)
+        except CniError as e:
+            # Addresses of answered DELs come back when their teardowns end: wait for those once.
+            if e.code != codes.IPAM_FAILURE or self.deferred is None or not self.deferred.pending():
+                raise
+            log.info("ADD %s/%s: pool exhausted; waiting for %d pending teardowns", req.container_id,
+                     req.ifname, self.deferred.pending())
+            self.deferred.drain(TEARDOWN_WAIT_SECONDS)
+            alloc, reserved = ipam.reserve(req.container_id, req.ifname)
         try:
             wired = self.datapath.wire(req, alloc, mtu)
         except BaseException:
@@ -175,6 +215,8 @@ class CniHandler:
     def _gc(self, req: CniRequest) -> None:
         valid = {(a["containerID"], a["ifname"]) for a in req.valid_attachments or ()}
         ipam = self._ipam()
+        # A pending teardown releases its own address; GC must not race it for the same key.
+        self.drain_teardowns(TEARDOWN_WAIT_SECONDS)
         released = ipam.gc(valid)
         for alloc in released:
             stale = CniRequest(command="DEL", container_id=alloc.container_id, netns="", ifname=alloc.ifname,

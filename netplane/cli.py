@@ -20,6 +20,16 @@ from netplane import __version__
 _Adder = Callable[[argparse.ArgumentParser], None]
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _add_apiserver(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
@@ -120,6 +130,10 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtu", type=int, metavar="N", help="pod MTU (default: underlay MTU - 50)")
     p.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default: %(default)s)")
     p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default: %(default)s)")
+    p.add_argument("--teardown-workers", type=_non_negative_int, default=16, metavar="N",
+                   help="threads that finish DELs after they are answered (recorded first in the DEL "
+                        "spool, replayed after a crash); 0: answer a DEL only once its veth is deleted "
+                        "and its IP released (default: %(default)s)")
     proxy = p.add_argument_group("service proxy hosted in the agent (instead of a separate `netplane proxy`)")
     proxy.add_argument("--proxy", choices=("none", "iptables"), default="none",
                        help="run the kube-proxy replacement in this process, with --cluster-cidr as its "

@@ -307,6 +307,12 @@ class Node:
     def spooled(self) -> list[str]:
         return sorted(os.listdir(self.spool)) if os.path.isdir(self.spool) else []
 
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until every answered DEL is torn down: the agent answers a DEL once it is recorded
+        in the spool and removes the record after deleting the veth and releasing the IP
+        (netplane.cni.teardown)."""
+        wait_for(f"the answered DELs on {self.name} to be torn down", lambda: not self.spooled(), timeout, 0.02)
+
     def overlay_state(self, cidr: str, gateway: str) -> dict[str, str]:
         """node → remote node's entries: neighbour, FDB (on the vxlan device) and route."""
         return {
@@ -607,11 +613,13 @@ def test_agent_restart_with_live_pods_and_spooled_delete(sandbox_factory, tmp_pa
 
     # -- DEL (kubectl delete) of a pod added before the restart ---------------------------------
     sb.kubectl("delete", "pod", "old", "--timeout=60s")
+    n1.settle()
     assert veth["old"] not in n1.links()
     assert ip["old"] not in n1.reserved()
     assert n1.allocated() == 2
     # the pod whose DEL was replayed: the kubelet's own DEL now finds nothing and succeeds
     sb.kubectl("delete", "pod", "spooled", "--timeout=60s")
+    n1.settle()
     assert n1.allocated() == 2 and set(n1.reserved()) == {ip["client"], ip["web-1"]}
 
     # -- a new pod after the restart gets an address and works ------------------------------------
@@ -673,6 +681,7 @@ def test_100_concurrent_adds_then_kill_9_mid_add(sandbox_factory, tmp_path):
         # -- DEL all: IPAM back to the baseline, no veth left ---------------------------------------
         with cf.ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: runner.delete(cids[i], netns_path(nss[i]), "eth0"), range(100)))
+        node.settle()
         assert node.reserved() == baseline
         assert not {host_veth_name(c, "eth0") for c in cids} & node.links()
         assert node.allocated() == 1
@@ -742,6 +751,7 @@ def test_100_concurrent_adds_then_kill_9_mid_add(sandbox_factory, tmp_path):
 
         with cf.ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: runner.delete(cids[i], netns_path(nss[i]), "eth0"), range(20)))
+        node.settle()
         assert node.reserved() == baseline
         assert {l for l in node.links() if l.startswith("np") and l != "np.vx1"} == \
             {host_veth_name(sb.pod_json("web-2")["metadata"]["uid"], "eth0")}
@@ -818,6 +828,7 @@ def test_chaining_with_reference_plugins_and_bad_input(sandbox_factory, tmp_path
             assert got == "200", got
         # DEL cleans everything: portmap rules, veth, ifb, address
         runner.delete(cid, netns_path(pod), "eth0")
+        n1.settle()
         rules = ns_exec(n1.ns, "iptables-save").stdout
         assert cid not in rules and "18080" not in rules and pod_ip not in rules, rules
         assert n1.links() == links0
@@ -875,4 +886,5 @@ def test_chaining_with_reference_plugins_and_bad_input(sandbox_factory, tmp_path
         assert (rc, out) == (0, "")
         rc, out, _ = n1.shim("DEL", conf, cid=dbl, netns=netns_path(dbl_pod))  # repeatable
         assert (rc, out) == (0, "")
+        n1.settle()
         assert n1.links() == links0 and n1.reserved() == baseline and not n1.spooled()
