@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +47,44 @@ class Datapath(Protocol):
     def check(self, req: CniRequest, alloc: Allocation) -> None: ...
 
 
+class KeyLocks:
+    """One lock per (container ID, ifname), kept only while someone holds or waits for it: every
+    pod brings a new key, so a plain dict of locks would grow for the agent's whole life."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[tuple[str, str], list] = {}  # key -> [lock, holders + waiters]
+
+    def acquire(self, key: tuple[str, str]) -> Callable[[], None]:
+        """Block until `key` is ours; returns its release (callable from any thread, once)."""
+        with self._mutex:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        entry[0].acquire()
+
+        def release() -> None:
+            entry[0].release()
+            with self._mutex:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+        return release
+
+    @contextmanager
+    def held(self, key: tuple[str, str]) -> Iterator[None]:
+        release = self.acquire(key)
+        try:
+            yield
+        finally:
+            release()
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._locks)
+
+
 @dataclass
 class NodeNetwork:
     """What the handler needs to know about the node; None fields mean "not ready yet"."""
@@ -65,8 +104,7 @@ class CniHandler:
                  teardown_journal: DeleteJournal | None = None, teardown_workers: int = 16):
         self.datapath = datapath
         self.network = network
-        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self.key_locks = KeyLocks()
         self._on_pod_change = on_pod_change or (lambda: None)
         self.requests = Counter(registry, "netplane_cni_requests_total",
                                 "CNI requests handled by the agent, by verb and result", ("verb", "result"))
@@ -113,7 +151,7 @@ class CniHandler:
 
     def delete(self, req: CniRequest) -> None:
         """A DEL that did not come through a plugin invocation (replayed from the shim's spool)."""
-        with self._key_lock(req.container_id, req.ifname):
+        with self.key_locks.held((req.container_id, req.ifname)):
             self._del(req)
         self.requests.inc("DEL", "replayed")
 
@@ -129,18 +167,18 @@ class CniHandler:
             return self._status()
         if req.command == "GC":
             return self._gc(req)
-        lock = self._key_lock(req.container_id, req.ifname)
+        key = (req.container_id, req.ifname)
         if req.command == "DEL" and self.deferred is not None:
-            lock.acquire()
-            # The worker releases the lock when the teardown is done (a later ADD of this key waits).
-            if self.deferred.submit(req, shim_request({**env, "CNI_COMMAND": "DEL"}, stdin), lock):
+            release = self.key_locks.acquire(key)
+            # The worker releases the key when the teardown is done (a later ADD of this key waits).
+            if self.deferred.submit(req, shim_request({**env, "CNI_COMMAND": "DEL"}, stdin), release):
                 return None
             try:
                 self._del(req)
             finally:
-                lock.release()
+                release()
             return None
-        with lock:
+        with self.key_locks.held(key):
             if req.command == "ADD":
                 return self._add(req)
             if req.command == "DEL":
@@ -150,10 +188,6 @@ class CniHandler:
                 self._check(req)
                 return None
         raise CniError(codes.INVALID_ENV, f"unknown CNI_COMMAND: {req.command}", "")
-
-    def _key_lock(self, container_id: str, ifname: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._key_locks.setdefault((container_id, ifname), threading.Lock())
 
     def _ipam(self) -> IpamStore:
         if self.network.ipam is None or self.network.ready_reason:

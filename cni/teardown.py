@@ -92,7 +92,7 @@ class DeferredTeardown:
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._idle = 0  # workers waiting for a job
-        self._jobs: list[tuple[CniRequest, threading.Lock, float]] = []
+        self._jobs: list[tuple[CniRequest, Callable[[], None], float]] = []
         self._pending: dict[Key, int] = {}
         self._cond = threading.Condition()
         Gauge(registry, "netplane_cni_deferred_deletes",
@@ -101,10 +101,10 @@ class DeferredTeardown:
         self.duration = Histogram(registry, "netplane_cni_teardown_duration_seconds",
                                   "Time from a deferred DEL's answer to the end of its teardown")
 
-    def submit(self, req: CniRequest, request: dict[str, Any], lock: threading.Lock) -> bool:
-        """Record the DEL and queue its teardown; the caller holds `lock` (the key's) and, when
-        True is returned, hands it over: the worker releases it when the teardown is done. False:
-        the journal could not be written; nothing was queued and the caller still holds `lock`."""
+    def submit(self, req: CniRequest, request: dict[str, Any], release: Callable[[], None]) -> bool:
+        """Record the DEL and queue its teardown; the caller holds the key's lock and, when True
+        is returned, hands it over: the worker calls `release` when the teardown is done. False:
+        the journal could not be written; nothing was queued and the caller still holds the key."""
         key = (req.container_id, req.ifname)
         with self._cond:  # pending before the file exists: the replay loop skips pending keys
             self._pending[key] = self._pending.get(key, 0) + 1
@@ -116,7 +116,7 @@ class DeferredTeardown:
             self._done(key)
             return False
         with self._cond:
-            self._jobs.append((req, lock, time.perf_counter()))
+            self._jobs.append((req, release, time.perf_counter()))
             if self._idle < len(self._jobs) and len(self._threads) < self._workers:
                 t = threading.Thread(target=self._work, name=f"cni-teardown-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
@@ -150,7 +150,7 @@ class DeferredTeardown:
                 while not self._jobs:
                     self._cond.wait()
                 self._idle -= 1
-                req, lock, queued = self._jobs.pop(0)
+                req, release, queued = self._jobs.pop(0)
             key = (req.container_id, req.ifname)
             try:
                 self._teardown(req)
@@ -160,7 +160,7 @@ class DeferredTeardown:
                 log.exception("deferred teardown of %s/%s failed", key[0], key[1])
             finally:
                 self.duration.observe(time.perf_counter() - queued)
-                lock.release()
+                release()
                 self._done(key)
 
     def _done(self, key: Key) -> None:

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from netplane.cni.handler import CniHandler, NodeNetwork
+from netplane.cni.handler import CniHandler, KeyLocks, NodeNetwork
 from netplane.cni.ipam import IpamStore
 from netplane.cni.protocol import parse_spooled_del
 from netplane.cni.teardown import SpoolJournal
@@ -173,3 +173,18 @@ def test_many_dels_all_torn_down(tmp_path, workers):
     assert not dp.wired and net.ipam.usage()[0] == 0
     assert not list((tmp_path / "spool").iterdir())
     assert handler.deferred is not None and len(handler.deferred._threads) <= workers
+    assert len(handler.key_locks) == 0  # no lock kept per pod that came and went
+
+
+def test_key_locks_serialize_one_key_and_forget_it_after():
+    locks = KeyLocks()
+    release = locks.acquire(("c1", "eth0"))
+    other = locks.acquire(("c2", "eth0"))  # another key is not held up
+    t, box = in_thread(locks.acquire, ("c1", "eth0"))
+    t.join(0.2)
+    assert t.is_alive() and len(locks) == 2
+    release()  # from this thread; the deferred teardown releases from a worker the same way
+    t.join(WAIT)
+    box["out"]()
+    other()
+    assert len(locks) == 0
