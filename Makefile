@@ -23,6 +23,10 @@ VENV_STAMP := $(STAMPS)/venv-$(call hash,pyproject.toml)
 SHIM_BIN := cni/shim/netplane-c
 SHIM_SRC := $(wildcard cni/shim/*.c cni/shim/*.h)
 SHIM_CFLAGS := -O2 -Wall -Wextra -std=gnu11
+# libbpf programs (ebpf/*.bpf.c → ebpf/build/*.bpf.o, loaded by netplane.ebpf.libbpf). -g: the
+# BTF libbpf needs to resolve their kfunc calls against the kernel's.
+BPF_OBJS := $(patsubst ebpf/%.bpf.c,ebpf/build/%.bpf.o,$(wildcard ebpf/*.bpf.c))
+BPF_CFLAGS = -O2 -g -Wall -target bpf -I/usr/include/$(shell $(CC) -dumpmachine)
 
 .PHONY: help setup test demo clean
 
@@ -32,7 +36,7 @@ help: ## list targets
 	    awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
 	@echo "variables: PYTEST_ARGS='...' extra arguments for pytest (make test)"
 
-setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(SHIM_BIN) ## install system packages (apt) and the .venv; fast when done
+setup: $(SYSTEM_STAMP) $(VENV_STAMP) $(SHIM_BIN) $(BPF_OBJS) ## install system packages (apt) and the .venv; fast when done
 	@:
 
 # The CNI shim in C (cni/shim/*.c; the bash shim cni/shim/netplane is the reference and the
@@ -42,6 +46,12 @@ $(SHIM_BIN): $(SHIM_SRC) | $(SYSTEM_STAMP)
 	@echo "== building the CNI shim $@"
 	$(CC) $(SHIM_CFLAGS) -static -o $@.tmp $(filter %.c,$^) 2>/dev/null || \
 	    $(CC) $(SHIM_CFLAGS) -o $@.tmp $(filter %.c,$^)
+	mv -f $@.tmp $@
+
+ebpf/build/%.bpf.o: ebpf/%.bpf.c | $(SYSTEM_STAMP)
+	@echo "== compiling the BPF program $<"
+	@mkdir -p $(@D)
+	clang-14 $(BPF_CFLAGS) -c $< -o $@.tmp
 	mv -f $@.tmp $@
 
 $(SYSTEM_STAMP):
@@ -73,5 +83,5 @@ test: setup ## run the test suite (.venv/bin/pytest -q PYTEST_ARGS)
 demo: setup ## a sandbox cluster: up, kubectl, pod-to-pod traffic, down (scripts/demo.sh)
 	bash scripts/demo.sh
 
-clean: ## remove .venv and the setup stamps (system packages stay)
-	rm -rf $(VENV) $(STAMPS)
+clean: ## remove .venv, the setup stamps and built objects (system packages stay)
+	rm -rf $(VENV) $(STAMPS) ebpf/build

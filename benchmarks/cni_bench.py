@@ -30,7 +30,9 @@ plugin run through `ip netns exec <node>`):
 3. iperf3 TCP throughput (one stream, `--iperf-seconds` each): pod on node1 → pod on node2 (VXLAN
    overlay), node1 → node2 (underlay), the underlay again with the pods' MSS (separates the MTU from
    the encapsulation) and, for context, pod → pod on the same node; the paths alternate run by run.
-   One thing at a time (2 CPUs); CPU per GB of the whole machine from /proc/stat.
+   One thing at a time (2 CPUs); CPU per GB of the whole machine from /proc/stat. The pods are
+   measured once the agents have admitted them to the overlay fast path (when it is loaded), and
+   its packet counters over the runs are recorded.
 
 Others may be running tests on the same machine: before each measurement the script waits (within
 `--quiet-budget` seconds in all) for the CPUs to be mostly idle, and records what it saw. A netplane
@@ -165,6 +167,29 @@ class Sandbox:
         pending = re.search(r"^netplane_cni_deferred_deletes (\S+)$", text, re.M)
         out["PENDING"] = [float(pending.group(1)) if pending else 0.0, 0]
         return {k: (v[0], int(v[1])) for k, v in out.items()}
+
+    def fastpath_packets(self, node: str) -> dict[str, int]:
+        """The agent's overlay fast path counters (netplane_overlay_fastpath_packets by what);
+        empty when the fast path is not loaded."""
+        text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
+                   f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+        return {m.group(1): int(float(m.group(2))) for m in
+                re.finditer(r'^netplane_overlay_fastpath_packets\{what="(\w+)"\} (\S+)$', text, re.M)}
+
+    def wait_fastpath_pods(self, wanted: dict[str, int], timeout: float = 10.0) -> None:
+        """Until each node's agent has admitted that many pods to the overlay fast path (about a
+        second after their ADD); at once when the fast path is not loaded."""
+        deadline = time.monotonic() + timeout
+        for node, count in wanted.items():
+            while True:
+                text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
+                           f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+                m = re.search(r"^netplane_overlay_fastpath_pods (\S+)$", text, re.M)
+                if m is None or float(m.group(1)) >= count:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{node}: the overlay fast path admitted {m.group(1)} of {count} pods")
+                time.sleep(0.1)
 
     def wait_teardowns(self, node: str, timeout: float = 60.0) -> None:
         """Until the agent has no deferred DEL teardown running (so the next phase starts clean)."""
@@ -680,6 +705,7 @@ def throughput(sb: Sandbox, node_runners: dict, args) -> dict:
             res = node_runners[node].add(cid, f"/var/run/netns/{ns}", "eth0", cni_args(cid, 0))
             made[key] = (ns, cid, res["ips"][0]["address"].split("/")[0])
         a, b, c = made["a"], made["b"], made["c"]
+        sb.wait_fastpath_pods({"node1": 2, "node2": 1})
         sh(["ip", "netns", "exec", a[0], "ping", "-c", "1", "-W", "2", b[2]])  # the overlay works
         pod_mtu = int(sh(["ip", "-n", a[0], "-o", "link", "show", "eth0"]).stdout.split(" mtu ")[1].split()[0])
         cases = {
@@ -692,6 +718,7 @@ def throughput(sb: Sandbox, node_runners: dict, args) -> dict:
         }
         raw: dict[str, list[float]] = {k: [] for k in cases}
         cpu: dict[str, list[float]] = {k: [] for k in cases}
+        fast0 = {n: sb.fastpath_packets(n) for n in ("node1", "node2")}
         for r in range(args.iperf_runs):
             for name, (srv, cli, ip, extra) in cases.items():
                 QUIET.wait(f"iperf3 run {r + 1} {name}")
@@ -701,6 +728,9 @@ def throughput(sb: Sandbox, node_runners: dict, args) -> dict:
                 print(f"  run {r + 1} {name}: {gbps:.2f} Gbit/s, {cpu_per_gb:.3f} CPU-s/GB", flush=True)
         out = {k: summary(v) for k, v in raw.items()}
         out["cpu_s_per_gb"] = {k: summary(v) for k, v in cpu.items()}
+        # Whether the agents' overlay fast path carried the pod traffic (packets over all runs).
+        out["fastpath_packets"] = {n: {k: v - fast0[n].get(k, 0) for k, v in sb.fastpath_packets(n).items()}
+                                   for n in ("node1", "node2")}
         out["ratio_overlay_to_underlay"] = (out["overlay_pod_node1_to_pod_node2"]["median"]
                                             / out["underlay_node1_to_node2"]["median"])
         # each overlay run against the underlay run just before it (same machine conditions)
@@ -1018,6 +1048,10 @@ def _render_iperf(r: dict, cell, met) -> list[str]:
         "",
         f"Overlay ÷ underlay run by run (each overlay run against the underlay run just before it): median "
         f"{io['ratio_per_run']['median']:.2f}× ({io['ratio_per_run']['min']:.2f}–{io['ratio_per_run']['max']:.2f}).",
+        "",
+        "Overlay fast path (tc eBPF, `--overlay-fastpath`), packets over the iperf3 runs: " + (
+            "; ".join(f"{n}: " + ", ".join(f"{k} {v:,}" for k, v in c.items()) for n, c in io["fastpath_packets"].items())
+            if any(io.get("fastpath_packets", {}).values()) else "not loaded (the node forwarded everything)") + ".",
         "",
     ]
 

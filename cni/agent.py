@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from netplane.cni.errors import CniError
+from netplane.cni.fastpath import OverlayFastPath
 from netplane.cni.handler import CniHandler, NodeNetwork
 from netplane.cni.ipam import Allocation, IpamStore
 from netplane.cni.overlay import VxlanOverlay, compute_peers, node_annotations, own_vtep_mac
@@ -31,6 +32,7 @@ from netplane.cni.protocol import CniRequest, parse_spooled_del, shim_reply
 from netplane.cni.teardown import SpoolJournal
 from netplane.cni import wiring
 from netplane import signals
+from netplane.ebpf.libbpf import BpfError
 from netplane.errors import ConfigError, NetplaneError
 from netplane.httpserve import LocalHTTPServer, send
 from netplane.k8s import Client, Informer, Node, load_config
@@ -40,17 +42,30 @@ log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 30.0
 TEARDOWN_DRAIN_SECONDS = 10.0  # on stop, for the answered DELs' veth deletions
+FASTPATH_ADMIT_INTERVAL = 0.25  # how often proposed pods are checked for admission to the fast path
 MASQ_CHAIN = "NETPLANE-CNI-MASQ"
 NOTRACK_CHAIN = "NETPLANE-CNI-NOTRACK"
 
 
 class KernelDatapath:
-    """The real `Datapath`: wiring.py in the agent's own (node) namespace."""
+    """The real `Datapath`: wiring.py in the agent's own (node) namespace, plus the overlay fast
+    path's entry for each pod once the agent has loaded it (`fastpath`)."""
+
+    def __init__(self) -> None:
+        self.fastpath: OverlayFastPath | None = None
 
     def wire(self, req: CniRequest, alloc: Allocation, mtu: int) -> wiring.WiredPod:
-        return wiring.wire_pod(req.netns, req.ifname, req.container_id, alloc.ip, alloc.gateway, mtu)
+        wired = wiring.wire_pod(req.netns, req.ifname, req.container_id, alloc.ip, alloc.gateway, mtu)
+        if self.fastpath is not None:
+            self.fastpath.propose_pod(alloc.ip, wired.host_ifname)
+        return wired
 
     def unwire(self, req: CniRequest) -> None:
+        if self.fastpath is not None:
+            try:
+                self.fastpath.remove_veth(wiring.host_veth_name(req.container_id, req.ifname))
+            except (BpfError, OSError) as e:
+                log.warning("overlay fast path: removing %s/%s: %s", req.container_id, req.ifname, e)
         wiring.unwire_pod(req.netns or None, req.ifname, req.container_id)
 
     def check(self, req: CniRequest, alloc: Allocation) -> None:
@@ -131,7 +146,8 @@ class Agent:
         self.node_name: str = args.node_name
         self.registry = Registry()
         self.network = NodeNetwork(mtu=args.mtu or 1450)
-        self.handler = CniHandler(KernelDatapath(), self.network, self.registry,
+        self.datapath = KernelDatapath()
+        self.handler = CniHandler(self.datapath, self.network, self.registry,
                                   teardown_journal=SpoolJournal(self.spool_dir()),
                                   teardown_workers=args.teardown_workers)
         self.stopping = threading.Event()
@@ -150,6 +166,16 @@ class Agent:
         Gauge(self.registry, "netplane_ipam_capacity", "Pod IPs this node can hand out", fn=self._ipam_capacity)
         Gauge(self.registry, "netplane_overlay_peers", "Remote nodes programmed in the VXLAN overlay",
               fn=lambda: [((), self._peers)])
+        Gauge(self.registry, "netplane_overlay_fastpath_pods", "Pods of this node on the overlay fast path",
+              fn=lambda: [((), len(self.datapath.fastpath.pods()))] if self.datapath.fastpath else [])
+        Gauge(self.registry, "netplane_overlay_fastpath_packets",
+              "Packets the overlay fast path handled since the agent started, by what happened: "
+              "to_overlay / from_overlay (forwarded), conntracked (left to the normal path)",
+              ("what",), fn=self._fastpath_stats)
+
+    def _fastpath_stats(self):
+        fastpath = self.datapath.fastpath
+        return [((k,), v) for k, v in fastpath.stats().items()] if fastpath else []
 
     def _ipam_used(self):
         return [((), self.network.ipam.usage()[0])] if self.network.ipam else []
@@ -187,6 +213,9 @@ class Agent:
                 srv.server_close()
             if not self.handler.drain_teardowns(TEARDOWN_DRAIN_SECONDS):
                 log.warning("stopping with DEL teardowns still running; they are replayed at the next start")
+            fastpath, self.datapath.fastpath = self.datapath.fastpath, None
+            if fastpath is not None:
+                fastpath.close()  # the node forwards normally until the next agent
             try:
                 os.unlink(self.args.socket)
             except OSError:
@@ -248,6 +277,7 @@ class Agent:
         self._publish_annotations(mac, node_ip)
         self._program_masquerade()
         self._reconcile_ipam_with_pods()
+        self._start_fastpath()
         # The overlay is programmed before the first ADD is served: a pod is only handed out once
         # it can reach the other nodes' pods.
         self._reconcile()
@@ -282,6 +312,42 @@ class Agent:
                                      capture_output=True).returncode == 0
             if not present:
                 _iptables_restore(f"*{table}\n-A {hook} -j {chain}\nCOMMIT\n")
+
+    def _start_fastpath(self) -> None:
+        """Load the overlay fast path (--overlay-fastpath), attach it to the vxlan device and to
+        the pods already wired. `auto`: without it (no BPF object, an older kernel), log why and
+        forward normally; `on`: refuse to start."""
+        if self.args.overlay_fastpath == "off":
+            return
+        assert self.overlay is not None
+        try:
+            fastpath = OverlayFastPath()
+            try:
+                fastpath.attach_overlay(self.overlay.device)
+                for host, ip in wiring.list_wired().items():
+                    if ip:
+                        fastpath.propose_pod(ip, host)
+            except BaseException:
+                fastpath.close()
+                raise
+        except (BpfError, OSError) as e:
+            if self.args.overlay_fastpath == "on":
+                raise ConfigError(f"--overlay-fastpath on: {e}") from e
+            log.warning("overlay fast path unavailable, forwarding through the node: %s", e)
+            return
+        self.datapath.fastpath = fastpath
+        threading.Thread(target=self._admit_fastpath_pods, args=(fastpath,), daemon=True,
+                         name="fastpath-admit").start()
+        log.info("overlay fast path attached to %s", self.overlay.device)
+
+    def _admit_fastpath_pods(self, fastpath: OverlayFastPath) -> None:
+        while not self.stopping.wait(FASTPATH_ADMIT_INTERVAL):
+            if self.datapath.fastpath is not fastpath:
+                return
+            try:
+                fastpath.admit_due()
+            except (BpfError, OSError) as e:  # those pods stay on the normal path
+                log.warning("overlay fast path: admitting pods: %s", e)
 
     def _reconcile_ipam_with_pods(self) -> None:
         """Start-up: an IP whose pod wiring is gone (pod deleted while we were down) is released,
@@ -339,8 +405,17 @@ class Agent:
                 # Our Node was re-created or edited: peers find us only through these annotations.
                 self._publish_annotations(mac, self.node_ip)
             peers = compute_peers(self.nodes.list(), self.node_name)
+            fastpath = self.datapath.fastpath
+            wanted = {p.pod_cidr: p.vtep_mac for p in peers}
+            # The fast path only shortcuts the overlay's routes: it loses a peer before its
+            # routes go, and gets one after they are there.
+            if fastpath is not None:
+                fastpath.set_remote_cidrs(wanted, add=False)
             self.overlay.sync(peers)
             self._peers = len(peers)
+            if fastpath is not None:
+                fastpath.set_remote_cidrs(wanted)
+                fastpath.recheck()
         except NetplaneError as e:
             log.warning("overlay reconcile: %s", e)
         self._replay_pending_deletes()

@@ -44,10 +44,12 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_GETQDISC, TCA_KIND = 38, 1
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 16, 18, 28
+IFLA_LINK, IFLA_LINK_NETNSID, IFLA_TARGET_NETNSID = 5, 37, 46
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
@@ -66,6 +68,7 @@ _IFINFOMSG = struct.Struct("=BxHiII")     # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")      # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")      # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NDMSG = struct.Struct("=BxxxiHBB")       # family, ifindex, state, flags, type
+_TCMSG = struct.Struct("=BxxxiIII")       # family, ifindex, handle, parent, info
 _RTA = struct.Struct("=HH")               # len, type
 _NLMSGERR = struct.Struct("=i")
 
@@ -279,6 +282,29 @@ class Rtnl:
             raise
         return parse_link(body)
 
+    def peer_mac(self, name: str) -> str | None:
+        """The MAC of veth ``name``'s peer, read across namespaces by its netns ID (no setns);
+        None when ``name`` is missing or has no peer in another namespace."""
+        try:
+            (body,) = self.request(RTM_GETLINK, 0, encode_link_by_name(name), f"get link {name}")
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+        attrs = parse_attrs(body, _IFINFOMSG.size)
+        if IFLA_LINK not in attrs or IFLA_LINK_NETNSID not in attrs:
+            return None
+        (peer,) = struct.unpack("=i", attrs[IFLA_LINK])
+        (nsid,) = struct.unpack("=i", attrs[IFLA_LINK_NETNSID])
+        query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, peer, 0, 0) + attr(IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
+        try:
+            (body,) = self.request(RTM_GETLINK, 0, query, f"get the peer of {name}")
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+        return parse_link(body).mac or None
+
     def add_veth(self, host: str, peer: str, mtu: int, peer_netns_fd: int) -> None:
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, encode_veth(host, peer, mtu, peer_netns_fd),
                      f"add veth {host} <-> {peer}")
@@ -316,6 +342,17 @@ class Rtnl:
             n = parse_neigh(body)
             if n is not None and n.ifindex == index:  # older kernels ignore the ifindex filter
                 out.append(n)
+        return out
+
+    def qdisc_kinds(self, index: int) -> list[str]:
+        """The kinds of the qdiscs on link ``index`` ("noqueue", "tbf", "ingress", ...)."""
+        bodies = self.request(RTM_GETQDISC, NLM_F_DUMP, _TCMSG.pack(socket.AF_UNSPEC, index, 0, 0, 0),
+                              f"list the qdiscs of link {index}")
+        out = []
+        for body in bodies:
+            _family, ifindex, _handle, _parent, _info = _TCMSG.unpack_from(body)
+            if ifindex == index:  # a dump may hold every link's
+                out.append(parse_attrs(body, _TCMSG.size).get(TCA_KIND, b"").split(b"\0", 1)[0].decode())
         return out
 
 

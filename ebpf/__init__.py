@@ -7,3 +7,10 @@ if __name__ != "netplane.ebpf":
         f"{__file__} must be imported as 'netplane.ebpf', not '{__name__}': install netplane "
         "(make setup) and do not put the repository root on sys.path"
     )
+
+
+def object_path(name: str) -> "Path":
+    """Where `make setup` puts the compiled `<name>.bpf.c` of this folder."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "build" / f"{name}.bpf.o"

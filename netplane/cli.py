@@ -130,6 +130,10 @@ def _add_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtu", type=int, metavar="N", help="pod MTU (default: underlay MTU - 50)")
     p.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default: %(default)s)")
     p.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default: %(default)s)")
+    p.add_argument("--overlay-fastpath", choices=("auto", "on", "off"), default="auto",
+                   help="tc eBPF shortcut for pod <-> remote pod TCP/UDP that conntrack has not seen "
+                        "(ebpf/overlay_fastpath.bpf.c); auto: use it when it loads, else forward "
+                        "through the node (default: %(default)s)")
     p.add_argument("--teardown-workers", type=_non_negative_int, default=16, metavar="N",
                    help="threads that finish DELs after they are answered (recorded first in the DEL "
                         "spool, replayed after a crash); 0: answer a DEL only once its veth is deleted "

@@ -32,6 +32,9 @@ PACKAGES=(
     ca-certificates
     gcc                         # builds the C CNI shim (cni/shim/*.c)
     libc6-dev                   # its headers and libc.a (the shim is linked statically)
+    clang-14                    # compiles ebpf/*.bpf.c (libbpf programs: they call kfuncs, bcc cannot)
+    libbpf-dev                  # their headers (bpf_helpers.h); libbpf1 loads them at run time
+    libbpf1
 )
 
 log() { printf 'setup-system: %s\n' "$*"; }

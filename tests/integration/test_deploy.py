@@ -275,6 +275,11 @@ def test_image_bakes_in_what_the_init_container_copies() -> None:
     # The shim is the C one, built in the image's build stage from cni/shim/*.c.
     assert copies.get(INSTALLS[0][0]) == "/src/cni/shim/netplane-c"
     assert "-o cni/shim/netplane-c cni/shim/*.c" in text
+    # The overlay fast path: compiled in the build stage (packaged as netplane.ebpf data, see
+    # pyproject.toml), loaded with libbpf1 at run time.
+    assert "-c ebpf/overlay_fastpath.bpf.c -o ebpf/build/overlay_fastpath.bpf.o" in text
+    assert "build/*.bpf.o" in (REPO / "pyproject.toml").read_text()
+    assert "libbpf1" in text.split("FROM debian:12-slim\n", 2)[-1]
     assert copies.get(INSTALLS[1][0]) == "deploy/10-netplane.conflist"
     images = {c["image"] for c in [*pod_spec()["initContainers"], *pod_spec()["containers"]]}
     assert len(images) == 1, "init container and agent run one image"

@@ -76,6 +76,33 @@ while True:
     u.sendto(a[0].encode() + b" " + data, a)
 """
 
+# TCP sink: reads each connection to its end, then answers "done" (so the sender's time covers
+# the whole transfer, not only its socket buffer). Prints READY once it listens.
+SINK_PORT = 9998
+SINK_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(4)
+print("READY", flush=True)
+while True:
+    c, _ = s.accept()
+    with c:
+        while c.recv(1 << 16):
+            pass
+        c.sendall(b"done")
+"""
+
+# Sends N bytes to SINK_SERVER and waits for its "done".
+SEND_CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"x" * int(sys.argv[3]))
+c.shutdown(socket.SHUT_WR)
+assert c.recv(16) == b"done"
+"""
+
 # One request to ECHO_SERVER; prints the answer (UDP: up to 3 tries, 1 s apart).
 ECHO_CLIENT = r"""
 import socket, sys
@@ -276,6 +303,12 @@ class Node:
     def allocated(self) -> int:
         return int(self.metrics()["netplane_ipam_allocated"])
 
+    def fastpath(self) -> dict[str, int]:
+        """The overlay fast path's packet counters (netplane_overlay_fastpath_packets by what)."""
+        m = self.metrics()
+        return {what: int(m[f'netplane_overlay_fastpath_packets{{what="{what}"}}'])
+                for what in ("to_overlay", "from_overlay", "conntracked")}
+
     # -- state --
 
     def ipam_dir(self) -> str:
@@ -435,14 +468,18 @@ def test_datapath_paths_mtu_masquerade_repair_and_node_readd(sandbox_factory, ro
         assert http_code(sb, "web-2", f"http://{ip['web-1']}:8080/") == "200"
 
         # -- the path, seen with scapy: client's veth on node1 (plain) → underlay (VXLAN VNI 1
-        #    between the node IPs) → web-2's veth on node2 (plain again), and the echo back ----------
+        #    between the node IPs) → web-2's eth0 (plain again), and the echo back. The overlay
+        #    fast path (a flow conntrack never saw) hands what arrives on a node's vxlan device
+        #    straight to the pod's namespace: a host veth sees only what its pod sends -----------
         veth = host_veth_name(pods["client"]["metadata"]["uid"], "eth0")
         assert veth in n1.links()
         marker = f"np-path-{secrets.token_hex(4)}"
         veth2 = host_veth_name(pods["web-2"]["metadata"]["uid"], "eth0")
+        fast1, fast2 = n1.fastpath(), n2.fastpath()
         with sniffing(names.underlay, "ul0", marker, count=2) as outer, \
-                sniffing(n1.ns, veth, marker, count=2) as inner, \
-                sniffing(n2.ns, veth2, marker, count=2) as remote:
+                sniffing(n1.ns, veth, marker, count=2, timeout=3) as inner, \
+                sniffing(names.pod(pods["web-2"]["metadata"]["uid"]), "eth0", marker, count=2) as remote, \
+                sniffing(n2.ns, veth2, marker, count=2, timeout=3) as remote_host:
             assert echo(sb, ["client"], "udp", ip["web-2"], marker) == f"{ip['client']} {marker}"
         # On the underlay: request and echo, each encapsulated between the two node IPs.
         assert len(outer) == 2, outer
@@ -452,14 +489,31 @@ def test_datapath_paths_mtu_masquerade_repair_and_node_readd(sandbox_factory, ro
                 (osrc, odst, 17, VXLAN_PORT, 1), rec
             assert (rec["inner"]["src"], rec["inner"]["dst"], rec["inner"]["proto"]) == (isrc, idst, 17), rec
         assert outer[0]["inner"]["dport"] == ECHO_PORT and outer[1]["inner"]["sport"] == ECHO_PORT
-        # On the client's host veth in node1: the same packets before encapsulation.
-        assert len(inner) == 2, inner
+        # On the client's host veth in node1: the request before encapsulation (the echo enters
+        # the client's namespace from node1's vxlan device).
         assert [(r["src"], r["dst"], r["proto"], "vni" in r) for r in inner] == \
-            [(ip["client"], ip["web-2"], 17, False), (ip["web-2"], ip["client"], 17, False)], inner
+            [(ip["client"], ip["web-2"], 17, False)], inner
         assert inner[0]["dport"] == ECHO_PORT and inner[0]["payload"] == marker
-        # On web-2's host veth in node2: decapsulated again, still between the two pod IPs.
+        # In web-2: decapsulated again, still between the two pod IPs; on its host veth only the echo.
         assert [(r["src"], r["dst"], r["proto"], "vni" in r) for r in remote] == \
             [(ip["client"], ip["web-2"], 17, False), (ip["web-2"], ip["client"], 17, False)], remote
+        assert [(r["src"], r["dst"]) for r in remote_host] == [(ip["web-2"], ip["client"])], remote_host
+        # Both nodes forwarded this flow on the fast path (each way), and conntrack never saw it.
+        after1, after2 = n1.fastpath(), n2.fastpath()
+        for was, now in ((fast1, after1), (fast2, after2)):
+            assert now["to_overlay"] > was["to_overlay"] and now["from_overlay"] > was["from_overlay"]
+        for node in (n1, n2):
+            flows = ns_exec(node.ns, "conntrack", "-L", "-p", "udp", "--orig-port-dst", str(ECHO_PORT),
+                            check=False).stdout
+            assert ip["web-2"] not in flows, (node.name, flows)
+
+    # -- a Service across nodes: the proxy's DNAT on node1 takes the normal path, and so do the
+    #    replies (conntrack knows the connection) so they are un-NATed there -----------------------
+    cluster_ip = json.loads(sb.kubectl("get", "svc", "web", "-o", "json").stdout)["spec"]["clusterIP"]
+    tracked = n1.fastpath()["conntracked"]
+    codes = [http_code(sb, "client", f"http://{cluster_ip}:80/") for _ in range(16)]  # web-1 or web-2
+    assert codes == ["200"] * 16, codes
+    assert n1.fastpath()["conntracked"] > tracked  # web-2's answers, left to node1's conntrack
 
     # -- pod → outside the cluster is masqueraded to the node's underlay IP ---------------------------
     with echo_server(sb, ["--host", "client"]):
@@ -815,6 +869,17 @@ def test_chaining_with_reference_plugins_and_bad_input(sandbox_factory, tmp_path
         # the pod works (gateway, same node, across nodes)
         for dst in (gateway, web1, web2):
             assert ns_exec(pod, "ping", "-n", "-c1", "-W2", dst, check=False).returncode == 0, dst
+        # bandwidth still shapes what the pod sends to another node: the agent keeps pods with
+        # shaping qdiscs off the overlay fast path (which would pass around them)
+        wait_for("the agent to keep the shaped pod off the overlay fast path",
+                 lambda: f"pod {pod_ip} on {host} has qdiscs" in Path(n1.log).read_text(), 10)
+        sink = ["ip", "netns", "exec", names.pod(sb.pod_json("web-2")["metadata"]["uid"]), sys.executable, "-u",
+                "-c", SINK_SERVER, str(SINK_PORT)]
+        with background(sink):
+            started = time.monotonic()
+            ns_exec(pod, sys.executable, "-c", SEND_CLIENT, web2, str(SINK_PORT), str(2_000_000))
+            elapsed = time.monotonic() - started
+        assert elapsed >= 1.5, f"2 MB left a pod shaped to 8 Mbit/s for another node in {elapsed:.2f} s"
         # portmap: the external host reaches a server in the pod at node1IP:18080
         rules = ns_exec(n1.ns, "iptables-save", "-t", "nat").stdout
         assert f'id: \\"{cid}\\"' in rules and f"--to-destination {pod_ip}:8080" in rules, rules
