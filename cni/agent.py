@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -378,44 +379,55 @@ class Agent:
             try:
                 with open(path, "rb") as f:
                     req = parse_spooled_del(f.read())
+                recorded_at = os.stat(path).st_mtime
                 if self.handler.teardown_pending(req.container_id, req.ifname):
                     continue  # ours, its worker is on it
-                ipam = self.network.ipam
-                since = ipam.reserved_since(req.container_id, req.ifname) if ipam else None
-                if since is not None and since > os.stat(path).st_mtime:
-                    # The runtime ADDed this key again after the DEL was recorded: the DEL is
-                    # history, and replaying it would tear down the live pod.
-                    log.info("dropping a stale pending DEL for %s/%s (re-added since)", req.container_id, req.ifname)
-                    os.unlink(path)
+                outcome = self.handler.replay_delete(req, recorded_at, lambda: os.path.exists(path))
+                if outcome == "gone":
                     continue
-                self.handler.delete(req)
-                log.info("replayed a DEL recorded while the agent was unreachable: %s/%s",
-                         req.container_id, req.ifname)
-                os.unlink(path)
+                if outcome == "stale":
+                    log.info("dropping a stale pending DEL for %s/%s (re-added since)", req.container_id, req.ifname)
+                else:
+                    log.info("replayed a DEL recorded while the agent was unreachable: %s/%s",
+                             req.container_id, req.ifname)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue  # finished by its own teardown while we looked
             except (OSError, ValueError, CniError) as e:
                 log.warning("pending DEL %s: %s", path, e)
+
+    @staticmethod
+    def _fastpath_call(fn, *args, **kwargs) -> None:
+        """The fast path is optional: its errors are logged, never the end of a reconcile."""
+        try:
+            fn(*args, **kwargs)
+        except (BpfError, OSError) as e:
+            log.warning("overlay fast path: %s (the normal path carries what it misses)", e)
 
     def _reconcile(self) -> None:
         assert self.overlay is not None
         try:
             mac = self.overlay.ensure_device(self.overlay.mac)
+            fastpath = self.datapath.fastpath
+            if fastpath is not None:  # again if the device was re-created (a no-op otherwise)
+                self._fastpath_call(fastpath.attach_overlay, self.overlay.device)
             me = self.nodes.get(self.node_name)
             wanted = node_annotations(mac, self.node_ip)
             if me is not None and any(dict(me.annotations).get(k) != v for k, v in wanted.items()):
                 # Our Node was re-created or edited: peers find us only through these annotations.
                 self._publish_annotations(mac, self.node_ip)
             peers = compute_peers(self.nodes.list(), self.node_name)
-            fastpath = self.datapath.fastpath
             wanted = {p.pod_cidr: p.vtep_mac for p in peers}
             # The fast path only shortcuts the overlay's routes: it loses a peer before its
             # routes go, and gets one after they are there.
             if fastpath is not None:
-                fastpath.set_remote_cidrs(wanted, add=False)
+                self._fastpath_call(fastpath.set_remote_cidrs, wanted, add=False)
             self.overlay.sync(peers)
             self._peers = len(peers)
             if fastpath is not None:
-                fastpath.set_remote_cidrs(wanted)
-                fastpath.recheck()
+                self._fastpath_call(fastpath.set_remote_cidrs, wanted)
+                self._fastpath_call(fastpath.recheck)
         except NetplaneError as e:
             log.warning("overlay reconcile: %s", e)
         self._replay_pending_deletes()

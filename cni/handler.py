@@ -155,6 +155,22 @@ class CniHandler:
             self._del(req)
         self.requests.inc("DEL", "replayed")
 
+    def replay_delete(self, req: CniRequest, recorded_at: float, still_recorded: Callable[[], bool]) -> str:
+        """A DEL from the spool, decided and done under the key's lock: "gone" when the record
+        vanished meanwhile (its own deferred teardown finished it), "stale" when the key was
+        ADDed again after the DEL was recorded (replaying it would tear down the live pod),
+        else "replayed"."""
+        with self.key_locks.held((req.container_id, req.ifname)):
+            if not still_recorded():
+                return "gone"
+            ipam = self.network.ipam
+            since = ipam.reserved_since(req.container_id, req.ifname) if ipam else None
+            if since is not None and since > recorded_at:
+                return "stale"
+            self._del(req)
+        self.requests.inc("DEL", "replayed")
+        return "replayed"
+
     def drain_teardowns(self, timeout: float) -> bool:
         """Wait for the deferred DELs' teardowns; False when some are still running after `timeout`."""
         return self.deferred is None or self.deferred.drain(timeout)
@@ -171,7 +187,12 @@ class CniHandler:
         if req.command == "DEL" and self.deferred is not None:
             release = self.key_locks.acquire(key)
             # The worker releases the key when the teardown is done (a later ADD of this key waits).
-            if self.deferred.submit(req, shim_request({**env, "CNI_COMMAND": "DEL"}, stdin), release):
+            try:
+                handed_over = self.deferred.submit(req, shim_request({**env, "CNI_COMMAND": "DEL"}, stdin), release)
+            except BaseException:
+                release()
+                raise
+            if handed_over:
                 return None
             try:
                 self._del(req)
@@ -249,8 +270,11 @@ class CniHandler:
     def _gc(self, req: CniRequest) -> None:
         valid = {(a["containerID"], a["ifname"]) for a in req.valid_attachments or ()}
         ipam = self._ipam()
-        # A pending teardown releases its own address; GC must not race it for the same key.
+        # A pending teardown releases its own address, after its veth is gone: GC leaves those
+        # keys to it (waiting a little for them first, so the usual case reports them released).
         self.drain_teardowns(TEARDOWN_WAIT_SECONDS)
+        if self.deferred is not None:
+            valid |= self.deferred.pending_keys()
         released = ipam.gc(valid)
         for alloc in released:
             stale = CniRequest(command="DEL", container_id=alloc.container_id, netns="", ifname=alloc.ifname,

@@ -15,9 +15,11 @@ What stays true (each is tested in tests/unit/test_cni_teardown.py and test_cni_
   is done before answering, as without this module.
 - The key (container ID, ifname) stays locked until the teardown is done: an ADD, CHECK or DEL of
   the same key waits for it, so a re-ADD never meets the old veth.
-- The address is released only after the veth, and with it the podIP/32 route, is gone: a new pod
-  can never get an address that is still routed to the old one. An ADD that finds the pool
-  exhausted waits for the pending teardowns and tries once more; GC waits for them first.
+- The address is released only after the veth, and with it the podIP/32 route, is gone (or its
+  deletion failed, which is logged: a DEL always releases, as before): a new pod does not get an
+  address that is still routed to the old one. An ADD that finds the pool exhausted waits for the
+  pending teardowns and tries once more; GC waits for them a little and leaves the ones still
+  running to their workers.
 - Shutdown waits (bounded) for the pending teardowns; what is left is replayed at the next start.
 """
 
@@ -127,6 +129,10 @@ class DeferredTeardown:
     def pending(self) -> int:
         with self._cond:
             return sum(self._pending.values())
+
+    def pending_keys(self) -> set[Key]:
+        with self._cond:
+            return set(self._pending)
 
     def is_pending(self, key: Key) -> bool:
         with self._cond:

@@ -21,6 +21,7 @@
 // The agent fills the maps (netplane.ebpf.overlay_fastpath); an empty map means "normal path".
 
 #include <linux/bpf.h>
+#include <linux/errno.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -33,14 +34,14 @@
 struct nf_conn {
 	__u64 opaque;
 };
+// The 12-byte layout every kernel with these kfuncs accepts (6.11 added zone fields after it,
+// which this program does not need, and still takes 12; earlier kernels take only 12).
 struct bpf_ct_opts {
 	__s32 netns_id;
 	__s32 error;
 	__u8 l4proto;
 	__u8 dir;
-	__u16 ct_zone_id;
-	__u8 ct_zone_dir;
-	__u8 reserved[3];
+	__u8 reserved[2];
 };
 extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple_sz,
 					 struct bpf_ct_opts *opts, __u32 opts_sz) __ksym;
@@ -77,6 +78,8 @@ enum stat {
 	STAT_TO_OVERLAY,   // np_from_pod redirected a packet to the vxlan device
 	STAT_FROM_OVERLAY, // np_from_overlay redirected a packet into a pod
 	STAT_CONNTRACKED,  // a candidate left to the normal path: conntrack knows its connection
+	STAT_LOOKUP_FAILED, // a candidate left to the normal path: the conntrack lookup failed
+	STAT_NOT_FROM_POD, // np_from_pod: the source is not the address of the pod behind this veth
 	STAT_MAX,
 };
 
@@ -149,14 +152,19 @@ static __always_inline int fits(struct __sk_buff *skb, __u32 ifindex)
 	return bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0) == BPF_MTU_CHK_RET_SUCCESS;
 }
 
-// True when conntrack has an entry for the packet's connection (either direction).
+// True when conntrack has an entry for the packet's connection (either direction), and also
+// when the lookup itself failed: only "no such connection" (-ENOENT) lets a packet through.
 static __always_inline int conntracked(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u8 proto)
 {
 	struct bpf_ct_opts opts = {.netns_id = CURRENT_NETNS, .l4proto = proto};
 	struct nf_conn *ct = bpf_skb_ct_lookup(skb, tuple, sizeof(tuple->ipv4), &opts, sizeof(opts));
 
-	if (!ct)
-		return 0;
+	if (!ct) {
+		if (opts.error == -ENOENT)
+			return 0;
+		count(STAT_LOOKUP_FAILED);
+		return 1;
+	}
 	bpf_ct_release(ct);
 	count(STAT_CONNTRACKED);
 	return 1;
@@ -188,6 +196,7 @@ int np_from_pod(struct __sk_buff *skb)
 	struct bpf_sock_tuple tuple = {};
 	struct cidr_key key = {.prefixlen = 32};
 	struct remote_node *remote;
+	struct local_pod *self;
 	struct overlay_dev *dev;
 	struct iphdr *ip;
 	__u32 zero = 0;
@@ -197,6 +206,13 @@ int np_from_pod(struct __sk_buff *skb)
 	if (!ip)
 		return NEXT;
 	proto = ip->protocol;
+	// Only the pod's own address leaves this way (the normal path has no such check when the
+	// node's rp_filter is off; the shortcut must not be a way around one when it is on).
+	self = bpf_map_lookup_elem(&np_local_pods, &tuple.ipv4.saddr);
+	if (!self || self->host_ifindex != skb->ifindex) {
+		count(STAT_NOT_FROM_POD);
+		return NEXT;
+	}
 	key.addr = tuple.ipv4.daddr;
 	remote = bpf_map_lookup_elem(&np_remote_cidrs, &key);
 	dev = bpf_map_lookup_elem(&np_overlay_dev, &zero);

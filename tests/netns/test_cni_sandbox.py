@@ -544,6 +544,19 @@ def test_datapath_paths_mtu_masquerade_repair_and_node_readd(sandbox_factory, ro
     text = (too_big.stdout + too_big.stderr).lower()
     assert "message too long" in text or "frag needed" in text, text
 
+    # -- a pod whose host veth gets a qdisc later (traffic shaping) leaves the fast path at the
+    #    next resync (here: a Node event), and keeps working on the normal path ------------------
+    veth1 = host_veth_name(pods["web-1"]["metadata"]["uid"], "eth0")
+    admitted = n1.metrics()["netplane_overlay_fastpath_pods"]
+    assert admitted >= 2  # client, web-1 (and kube-dns-node1)
+    sh("ip", "netns", "exec", n1.ns, "tc", "qdisc", "add", "dev", veth1, "root", "tbf", "rate", "1gbit",
+       "burst", "64k", "latency", "50ms")
+    sb.kubectl("label", "node", "node2", "netplane-test/shaping=1", "--overwrite")
+    wait_for("web-1 to leave the overlay fast path",
+             lambda: n1.metrics()["netplane_overlay_fastpath_pods"] == admitted - 1, 10)
+    assert http_code(sb, "web-2", f"http://{ip['web-1']}:8080/") == "200"
+    sh("ip", "netns", "exec", n1.ns, "tc", "qdisc", "del", "dev", veth1, "root")
+
     # -- hand-deleted overlay state is repaired by the agent's resync (Node event) -------------
     healthy = n1.overlay_state(cidr2, gw2)
     mac2 = node_objs["node2"]["metadata"]["annotations"]["netplane.io/vtep-mac"]

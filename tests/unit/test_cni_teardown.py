@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
 from netplane.cni.handler import CniHandler, KeyLocks, NodeNetwork
 from netplane.cni.ipam import IpamStore
-from netplane.cni.protocol import parse_spooled_del
+from netplane.cni.protocol import parse_spooled_del, shim_request
 from netplane.cni.teardown import SpoolJournal
 from netplane.metrics import Registry
 
@@ -188,3 +189,18 @@ def test_key_locks_serialize_one_key_and_forget_it_after():
     box["out"]()
     other()
     assert len(locks) == 0
+
+
+def test_replay_is_decided_under_the_key_lock(tmp_path):
+    handler, dp, net, journal, _ = make(tmp_path)
+    dp.go.set()
+    add(handler, "c1")
+    req = parse_spooled_del(json.dumps(shim_request(env("DEL", "c1"), json.dumps(CONF).encode())).encode())
+    # recorded before the key was (re-)added: history, the live pod stays
+    assert handler.replay_delete(req, recorded_at=0.0, still_recorded=lambda: True) == "stale"
+    assert ("c1", "eth0") in dp.wired
+    # its record vanished while we waited for the key (its own teardown finished it)
+    assert handler.replay_delete(req, recorded_at=time.time() + 60, still_recorded=lambda: False) == "gone"
+    assert ("c1", "eth0") in dp.wired
+    assert handler.replay_delete(req, recorded_at=time.time() + 60, still_recorded=lambda: True) == "replayed"
+    assert not dp.wired and net.ipam.usage()[0] == 0
