@@ -169,12 +169,12 @@ class Sandbox:
         return {k: (v[0], int(v[1])) for k, v in out.items()}
 
     def fastpath_packets(self, node: str) -> dict[str, int]:
-        """The agent's overlay fast path counters (netplane_overlay_fastpath_packets by what);
+        """The agent's overlay fast path counters (netplane_overlay_fastpath_packets_total by what);
         empty when the fast path is not loaded."""
         text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
                    f"http://{self.node_ip(node)}:9650/metrics"]).stdout
         return {m.group(1): int(float(m.group(2))) for m in
-                re.finditer(r'^netplane_overlay_fastpath_packets\{what="(\w+)"\} (\S+)$', text, re.M)}
+                re.finditer(r'^netplane_overlay_fastpath_packets_total\{what="(\w+)"\} (\S+)$', text, re.M)}
 
     def wait_fastpath_pods(self, wanted: dict[str, int], timeout: float = 10.0) -> None:
         """Until each node's agent has admitted that many pods to the overlay fast path (about a

@@ -37,7 +37,7 @@ from netplane.ebpf.libbpf import BpfError
 from netplane.errors import ConfigError, NetplaneError
 from netplane.httpserve import LocalHTTPServer, send
 from netplane.k8s import Client, Informer, Node, load_config
-from netplane.metrics import CONTENT_TYPE, Gauge, Registry
+from netplane.metrics import CONTENT_TYPE, CounterFunc, Gauge, Registry
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,10 @@ class Agent:
               fn=lambda: [((), self._peers)])
         Gauge(self.registry, "netplane_overlay_fastpath_pods", "Pods of this node on the overlay fast path",
               fn=lambda: [((), len(self.datapath.fastpath.pods()))] if self.datapath.fastpath else [])
-        Gauge(self.registry, "netplane_overlay_fastpath_packets",
-              "Packets the overlay fast path handled since the agent started, by what happened: "
-              "to_overlay / from_overlay (forwarded), conntracked (left to the normal path)",
+        CounterFunc(self.registry, "netplane_overlay_fastpath_packets_total",
+              "Packets the overlay fast path looked at since the agent started, by what happened: "
+              "to_overlay / from_overlay (forwarded); left to the normal path: conntracked (a known "
+              "connection), lookup_failed (conntrack could not be asked), not_from_pod (a foreign source)",
               ("what",), fn=self._fastpath_stats)
 
     def _fastpath_stats(self):
@@ -418,15 +419,15 @@ class Agent:
                 # Our Node was re-created or edited: peers find us only through these annotations.
                 self._publish_annotations(mac, self.node_ip)
             peers = compute_peers(self.nodes.list(), self.node_name)
-            wanted = {p.pod_cidr: p.vtep_mac for p in peers}
+            remote_cidrs = {p.pod_cidr: p.vtep_mac for p in peers}
             # The fast path only shortcuts the overlay's routes: it loses a peer before its
             # routes go, and gets one after they are there.
             if fastpath is not None:
-                self._fastpath_call(fastpath.set_remote_cidrs, wanted, add=False)
+                self._fastpath_call(fastpath.set_remote_cidrs, remote_cidrs, add=False)
             self.overlay.sync(peers)
             self._peers = len(peers)
             if fastpath is not None:
-                self._fastpath_call(fastpath.set_remote_cidrs, wanted)
+                self._fastpath_call(fastpath.set_remote_cidrs, remote_cidrs)
                 self._fastpath_call(fastpath.recheck)
         except NetplaneError as e:
             log.warning("overlay reconcile: %s", e)

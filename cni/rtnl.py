@@ -274,36 +274,31 @@ class Rtnl:
     # -- the operations wiring.py uses --
 
     def get_link(self, name: str) -> Link | None:
-        try:
-            (body,) = self.request(RTM_GETLINK, 0, encode_link_by_name(name), f"get link {name}")
-        except RtnlError as e:
-            if e.errno == errno.ENODEV:
-                return None
-            raise
-        return parse_link(body)
+        body = self._get_link(encode_link_by_name(name), f"get link {name}")
+        return parse_link(body) if body is not None else None
 
     def peer_mac(self, name: str) -> str | None:
         """The MAC of veth ``name``'s peer, read across namespaces by its netns ID (no setns);
         None when ``name`` is missing or has no peer in another namespace."""
-        try:
-            (body,) = self.request(RTM_GETLINK, 0, encode_link_by_name(name), f"get link {name}")
-        except RtnlError as e:
-            if e.errno == errno.ENODEV:
-                return None
-            raise
-        attrs = parse_attrs(body, _IFINFOMSG.size)
+        body = self._get_link(encode_link_by_name(name), f"get link {name}")
+        attrs = parse_attrs(body, _IFINFOMSG.size) if body is not None else {}
         if IFLA_LINK not in attrs or IFLA_LINK_NETNSID not in attrs:
             return None
         (peer,) = struct.unpack("=i", attrs[IFLA_LINK])
         (nsid,) = struct.unpack("=i", attrs[IFLA_LINK_NETNSID])
         query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, peer, 0, 0) + attr(IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
+        body = self._get_link(query, f"get the peer of {name}")
+        return (parse_link(body).mac or None) if body is not None else None
+
+    def _get_link(self, query: bytes, what: str) -> bytes | None:
+        """One RTM_GETLINK answer's body, or None when there is no such link."""
         try:
-            (body,) = self.request(RTM_GETLINK, 0, query, f"get the peer of {name}")
+            (body,) = self.request(RTM_GETLINK, 0, query, what)
         except RtnlError as e:
             if e.errno == errno.ENODEV:
                 return None
             raise
-        return parse_link(body).mac or None
+        return body
 
     def add_veth(self, host: str, peer: str, mtu: int, peer_netns_fd: int) -> None:
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, encode_veth(host, peer, mtu, peer_netns_fd),

@@ -92,6 +92,13 @@ class Gauge(_Metric):
         return [f"{self.name}{_labels(self.label_names, k)} {_num(v)}" for k, v in items]
 
 
+class CounterFunc(Gauge):
+    """A counter whose value its owner keeps (a kernel map, another process): read by `fn` at
+    scrape time, exposed with the counter type (it only grows, and restarts at 0 with its owner)."""
+
+    kind = "counter"
+
+
 class Histogram(_Metric):
     kind = "histogram"
 

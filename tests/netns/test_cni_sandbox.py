@@ -304,9 +304,9 @@ class Node:
         return int(self.metrics()["netplane_ipam_allocated"])
 
     def fastpath(self) -> dict[str, int]:
-        """The overlay fast path's packet counters (netplane_overlay_fastpath_packets by what)."""
+        """The overlay fast path's packet counters (netplane_overlay_fastpath_packets_total by what)."""
         m = self.metrics()
-        return {what: int(m[f'netplane_overlay_fastpath_packets{{what="{what}"}}'])
+        return {what: int(m[f'netplane_overlay_fastpath_packets_total{{what="{what}"}}'])
                 for what in ("to_overlay", "from_overlay", "conntracked")}
 
     # -- state --

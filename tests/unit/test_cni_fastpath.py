@@ -36,3 +36,16 @@ def test_remote_node_and_overlay_dev_are_padded_like_the_c_structs():
 def test_bad_mac_is_a_clear_error(mac):
     with pytest.raises(ValueError):
         encode_remote_node(mac)
+
+
+def test_counters_read_from_their_owner_are_exposed_as_counters():
+    from netplane.metrics import CounterFunc, Registry
+
+    registry = Registry()
+    values = {"to_overlay": 3}
+    CounterFunc(registry, "netplane_overlay_fastpath_packets_total", "help", ("what",),
+                fn=lambda: [((k,), v) for k, v in values.items()])
+    values["to_overlay"] = 5  # read at scrape time
+    text = registry.render().decode()
+    assert "# TYPE netplane_overlay_fastpath_packets_total counter" in text
+    assert 'netplane_overlay_fastpath_packets_total{what="to_overlay"} 5' in text
