@@ -674,6 +674,13 @@ def test_agent_restart_with_live_pods_and_spooled_delete(sandbox_factory, tmp_pa
     with open(n1.log) as f:
         assert f"replayed a DEL recorded while the agent was unreachable: {uid['spooled']}/eth0" in f.read()
     connectivity()
+    # the new agent put the surviving pods back on the overlay fast path (the old one's tcx links
+    # died with it: the gap above ran on the normal path)
+    wait_for("node1's pods to be back on the overlay fast path",
+             lambda: n1.metrics().get("netplane_overlay_fastpath_pods") == 3, 10)
+    fast = n1.fastpath()
+    connectivity()
+    assert n1.fastpath()["to_overlay"] > fast["to_overlay"]
     annotations = json.loads(sb.kubectl("get", "node", "node1", "-o", "json").stdout)["metadata"]["annotations"]
     assert annotations["netplane.io/vtep-mac"] == mac_before  # the VTEP MAC survived the restart
     assert n1.allocated() == 3
