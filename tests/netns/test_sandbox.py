@@ -119,8 +119,15 @@ spec:
     assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not os.path.exists(f"/etc/netns/{netns}")
     # IPAM state (whichever CNI) lives under the node's state dir, one file per reserved IP.
+    # netplane's agent answers a DEL once it is recorded and releases the IP right after the veth
+    # is deleted (netplane.cni.teardown): allow it a moment.
     node_dir = ClusterNames(sb.name).node_dir("node2")
-    reserved = {f for d, _, fs in os.walk(node_dir) for f in fs}
+    deadline = time.monotonic() + 10
+    while True:
+        reserved = {f for d, _, fs in os.walk(node_dir) for f in fs}
+        if gated_ip not in reserved or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert sb.pod_json("web-2")["status"]["podIP"] in reserved, "IPAM state not where this test looks"
     assert gated_ip not in reserved, "the deleted pod's IP is still reserved"
     assert root_netns_snapshot() == before
