@@ -151,12 +151,16 @@ class Sandbox:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             self.pod_netns.discard(ns)
 
+    def metrics_text(self, node: str) -> str:
+        """The node agent's Prometheus /metrics page."""
+        return sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
+                   f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+
     def agent_metrics(self, node: str) -> dict[str, tuple[float, int]]:
         """{verb: (sum seconds, count)} of netplane_cni_request_duration_seconds, plus "TEARDOWN":
         the same of netplane_cni_teardown_duration_seconds (a deferred DEL's veth deletion and IP
         release after its answer) and "PENDING": (teardowns still running, 0)."""
-        text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
-                   f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+        text = self.metrics_text(node)
         out: dict[str, list] = {}
         for m in re.finditer(r'^netplane_cni_request_duration_seconds_(sum|count)\{verb="(\w+)"\} (\S+)$',
                              text, re.M):
@@ -171,8 +175,7 @@ class Sandbox:
     def fastpath_packets(self, node: str) -> dict[str, int]:
         """The agent's overlay fast path counters (netplane_overlay_fastpath_packets_total by what);
         empty when the fast path is not loaded."""
-        text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
-                   f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+        text = self.metrics_text(node)
         return {m.group(1): int(float(m.group(2))) for m in
                 re.finditer(r'^netplane_overlay_fastpath_packets_total\{what="(\w+)"\} (\S+)$', text, re.M)}
 
@@ -182,8 +185,7 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         for node, count in wanted.items():
             while True:
-                text = sh(["ip", "netns", "exec", self.node_ns(node), "curl", "-sf", "-m", "5",
-                           f"http://{self.node_ip(node)}:9650/metrics"]).stdout
+                text = self.metrics_text(node)
                 m = re.search(r"^netplane_overlay_fastpath_pods (\S+)$", text, re.M)
                 if m is None or float(m.group(1)) >= count:
                     break

@@ -278,8 +278,9 @@ class Agent:
         self.node_ip = node_ip
         self._publish_annotations(mac, node_ip)
         self._program_masquerade()
-        self._reconcile_ipam_with_pods()
-        self._start_fastpath()
+        wired = wiring.list_wired()  # host veth → pod IP: the pods that survived our restart
+        self._reconcile_ipam_with_pods(wired)
+        self._start_fastpath(wired)
         # The overlay is programmed before the first ADD is served: a pod is only handed out once
         # it can reach the other nodes' pods.
         self._reconcile()
@@ -315,7 +316,7 @@ class Agent:
             if not present:
                 _iptables_restore(f"*{table}\n-A {hook} -j {chain}\nCOMMIT\n")
 
-    def _start_fastpath(self) -> None:
+    def _start_fastpath(self, wired: dict[str, str | None]) -> None:
         """Load the overlay fast path (--overlay-fastpath), attach it to the vxlan device and to
         the pods already wired. `auto`: without it (no BPF object, an older kernel), log why and
         forward normally; `on`: refuse to start."""
@@ -326,7 +327,7 @@ class Agent:
             fastpath = OverlayFastPath()
             try:
                 fastpath.attach_overlay(self.overlay.device)
-                for host, ip in wiring.list_wired().items():
+                for host, ip in wired.items():
                     if ip:
                         fastpath.propose_pod(ip, host)
             except BaseException:
@@ -351,12 +352,11 @@ class Agent:
             except (BpfError, OSError) as e:  # those pods stay on the normal path
                 log.warning("overlay fast path: admitting pods: %s", e)
 
-    def _reconcile_ipam_with_pods(self) -> None:
+    def _reconcile_ipam_with_pods(self, wired: dict[str, str | None]) -> None:
         """Start-up: an IP whose pod wiring is gone (pod deleted while we were down) is released,
         and so is every file that is not a readable reservation (a crashed writer's temp file, or
         what a power loss left if the state is on a disk)."""
         assert self.network.ipam is not None
-        wired = set(wiring.list_wired())
         valid = {(a.container_id, a.ifname) for a in self.network.ipam.allocations()
                  if wiring.host_veth_name(a.container_id, a.ifname) in wired}
         for alloc in self.network.ipam.gc(valid):

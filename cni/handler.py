@@ -149,12 +149,6 @@ class CniHandler:
         finally:
             self.latency.observe(time.perf_counter() - start, verb)
 
-    def delete(self, req: CniRequest) -> None:
-        """A DEL that did not come through a plugin invocation (replayed from the shim's spool)."""
-        with self.key_locks.held((req.container_id, req.ifname)):
-            self._del(req)
-        self.requests.inc("DEL", "replayed")
-
     def replay_delete(self, req: CniRequest, recorded_at: float, still_recorded: Callable[[], bool]) -> str:
         """A DEL from the spool, decided and done under the key's lock: "gone" when the record
         vanished meanwhile (its own deferred teardown finished it), "stale" when the key was

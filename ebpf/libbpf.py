@@ -61,9 +61,8 @@ def _libbpf() -> ctypes.CDLL:
 
 
 def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        code = -rc if rc != -1 else (ctypes.get_errno() or errno.EINVAL)
-        raise BpfError(f"{what}: {os.strerror(code)}")
+    if rc < 0:  # libbpf 1.x returns -errno
+        raise BpfError(f"{what}: {os.strerror(-rc)}")
     return rc
 
 

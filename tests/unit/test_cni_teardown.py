@@ -146,7 +146,8 @@ def test_failed_teardown_keeps_the_record_for_replay(tmp_path):
     # the key is free again: the replay (a plain DEL) goes through
     dp.fail_unwire = False
     with open(journal.path(("c1", "eth0")), "rb") as f:
-        handler.delete(parse_spooled_del(f.read()))
+        req = parse_spooled_del(f.read())
+    assert handler.replay_delete(req, time.time() + 60, still_recorded=lambda: True) == "replayed"
     assert not dp.wired and net.ipam.usage()[0] == 0
 
 

@@ -190,6 +190,20 @@ class ProxyCluster:
             eventually(lambda name=name: self._ready(name), timeout=timeout, interval=0.3,
                        what=f"pod {name} Ready")
 
+    def run_nodeport_across_nodes(self, app: str) -> str:
+        """Server pods `<app>1` on node1 and `<app>2` on node2 behind NodePort Service `<app>`,
+        client pods cli1 and cli2 on the same nodes; returns the ClusterIP once every node serves it."""
+        self.run_pods(
+            server_pod(f"{app}1", "node1", labels={"app": app}),
+            server_pod(f"{app}2", "node2", labels={"app": app}),
+            client_pod("cli1", "node1"),
+            client_pod("cli2", "node2"),
+        )
+        self.apply(service(app, selector={"app": app}, type="NodePort"))
+        ip = self.cluster_ip(app)
+        self.wait_everywhere(ip, 80)
+        return ip
+
     def _ready(self, pod: str) -> bool:
         obj = self.get("pod", pod)
         conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}

@@ -25,16 +25,8 @@ def backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def env(cluster, kit):
-    cluster.run_pods(
-        kit.server_pod("h1", "node1", labels={"app": "h"}),
-        kit.server_pod("h2", "node2", labels={"app": "h"}),
-        kit.client_pod("cli1", "node1"),
-        kit.client_pod("cli2", "node2"),
-    )
-    cluster.apply(kit.service("h", selector={"app": "h"}, type="NodePort"))
-    ip = cluster.cluster_ip("h")
-    cluster.wait_everywhere(ip, 80)
+def env(cluster):
+    ip = cluster.run_nodeport_across_nodes("h")
     return {"ip": ip, "node_port": cluster.node_port("h")}
 
 

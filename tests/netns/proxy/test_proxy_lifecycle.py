@@ -21,16 +21,8 @@ pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
-def env(cluster, kit):
-    cluster.run_pods(
-        kit.server_pod("l1", "node1", labels={"app": "l"}),
-        kit.server_pod("l2", "node2", labels={"app": "l"}),
-        kit.client_pod("cli1", "node1"),
-        kit.client_pod("cli2", "node2"),
-    )
-    cluster.apply(kit.service("l", selector={"app": "l"}, type="NodePort"))
-    ip = cluster.cluster_ip("l")
-    cluster.wait_everywhere(ip, 80)
+def env(cluster):
+    ip = cluster.run_nodeport_across_nodes("l")
     return {"ip": ip, "cli2": cluster.pod_ip("cli2"),
             # node2's pod gateway: a local address of the node that is not its underlay address
             "gw2": str(ipaddress.ip_network(cluster.get("node", "node2")["spec"]["podCIDR"])[1])}
